@@ -5,4 +5,8 @@
 //! through [`decide::bridge`], never called from a Rust thread.
 
 pub mod backend;
+pub mod decide;
+pub mod frontend;
 pub mod net;
+#[cfg(feature = "python")]
+mod py;

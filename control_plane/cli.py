@@ -1,0 +1,281 @@
+"""The `pgward` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from control_plane.config import ConfigError, Settings
+
+T = TypeVar("T")
+
+app = typer.Typer(name="pgward", no_args_is_help=True, help="pgward: an access gateway for PostgreSQL.")
+identities_app = typer.Typer(no_args_is_help=True, help="Service identities and their API keys.")
+connections_app = typer.Typer(no_args_is_help=True, help="Registered target databases.")
+app.add_typer(identities_app, name="identities")
+app.add_typer(connections_app, name="connections")
+
+# Messages go to stderr so stdout carries only results (an API key) that scripts can capture.
+err = Console(stderr=True)
+out = Console()
+
+EXIT_FAILED = 1  # the operation was refused (exists, not found, …)
+EXIT_CONFIG = 2  # bad configuration or arguments
+EXIT_STORE = 3  # the metadata store cannot be reached
+
+StateDir = Annotated[
+    Path | None, typer.Option("--state-dir", help="Directory for keys and local state (PGWARD_STATE_DIR).")
+]
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", help="Metadata store URL (PGWARD_DATABASE_URL).")
+]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings(state_dir: Path | None = None, database_url: str | None = None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if state_dir is not None:
+        overrides["state_dir"] = state_dir
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        _fail(_validation_message(exc), EXIT_CONFIG)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    # Never include the rejected input: it may be a password.
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
+
+
+def _run_store(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(sessionmaker)` against the store, turning the usual failures into clear exits."""
+    from sqlalchemy.exc import OperationalError
+
+    from control_plane.store.db import create_engine, create_sessionmaker
+    from control_plane.store.errors import StoreError
+
+    async def main() -> T:
+        engine = create_engine(settings.require_database_url())
+        try:
+            return await work(create_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    except StoreError as exc:
+        _fail(exc.message, EXIT_FAILED)
+    except OperationalError as exc:
+        _fail(f"cannot reach the metadata store: {exc.orig or exc}", EXIT_STORE)
+
+
+@app.command()
+def migrate(database_url: DatabaseUrl = None, state_dir: StateDir = None) -> None:
+    """Create or upgrade the metadata store schema (alembic upgrade head)."""
+    from sqlalchemy.exc import OperationalError
+
+    from control_plane.store import migrate as store_migrate
+
+    settings = _settings(state_dir, database_url)
+    try:
+        url = settings.require_database_url()
+        store_migrate.upgrade(url)
+        revision = store_migrate.current(url)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    except OperationalError as exc:
+        _fail(f"cannot reach the metadata store: {exc.orig or exc}", EXIT_STORE)
+    err.print(f"metadata store is at revision [bold]{revision}[/]")
+
+
+@app.command()
+def serve(
+    api_only: Annotated[bool, typer.Option("--api-only", help="Run only the REST API.")] = False,
+    proxy_only: Annotated[bool, typer.Option("--proxy-only", help="Run only the PostgreSQL proxy.")] = False,
+    state_dir: StateDir = None,
+) -> None:
+    """Run the API and the proxy in one process."""
+    if api_only and proxy_only:
+        _fail("--api-only and --proxy-only exclude each other", EXIT_CONFIG)
+    settings = _settings(state_dir)
+    # Imported here: it loads the Rust extension, which `migrate` and friends do not need.
+    from control_plane.proxy.server import serve_forever
+
+    try:
+        serve_forever(settings, api=not proxy_only, proxy=not api_only)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+
+
+@app.command()
+def demo(state_dir: StateDir = None) -> None:
+    """Start a throwaway target, the metadata store and pgward with sample identities."""
+    from control_plane.demo.run import main
+
+    main(state_dir if state_dir is not None else _settings().state_dir)
+
+
+@identities_app.command("create")
+def identities_create(
+    name: str,
+    group: Annotated[list[str], typer.Option("--group", "-g", help="A group; repeat for more.")],
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    state_dir: StateDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a service identity directly in the store and print its API key (shown once)."""
+    from control_plane.identity.schemas import ServiceIdentityCreate
+    from control_plane.identity.service_identities import ServiceIdentityService
+    from control_plane.store.crypto import SecretBox
+
+    try:
+        data = ServiceIdentityCreate(name=name, groups=group, description=description)
+    except ValidationError as exc:
+        _fail(_validation_message(exc), EXIT_CONFIG)
+    settings = _settings(state_dir, database_url)
+
+    async def work(sessionmaker: Any) -> str:
+        pepper = SecretBox.from_settings(settings).pepper
+        async with sessionmaker() as session:
+            service = ServiceIdentityService(session, pepper)
+            _, key = await service.create(data.name, data.groups, data.description)
+            await session.commit()
+        return key.token
+
+    token = _run_store(settings, work)
+    err.print(f"created service identity [bold]{data.name}[/] (groups: {', '.join(data.groups) or 'none'})")
+    err.print("its API key follows; it is shown only now, store it safely:")
+    out.print(token, highlight=False, soft_wrap=True)
+
+
+@identities_app.command("list")
+def identities_list(state_dir: StateDir = None, database_url: DatabaseUrl = None) -> None:
+    """List service identities."""
+    from control_plane.store.repositories import ServiceIdentityRepository
+
+    settings = _settings(state_dir, database_url)
+
+    async def work(sessionmaker: Any) -> list[tuple[str, str, str, str]]:
+        async with sessionmaker() as session:
+            rows = await ServiceIdentityRepository(session).list_after(None, 10_000)
+            return [
+                (
+                    i.name,
+                    ", ".join(i.groups),
+                    str(sum(1 for k in i.api_keys if k.revoked_at is None)),
+                    "yes" if i.disabled else "",
+                )
+                for i in rows
+            ]
+
+    table = Table("name", "groups", "live keys", "disabled")
+    for row in _run_store(settings, work):
+        table.add_row(*row)
+    out.print(table)
+
+
+@connections_app.command("add")
+def connections_add(
+    name: str,
+    host: Annotated[str, typer.Option(help="Target host.")],
+    database: Annotated[str, typer.Option(help="Database name on the target.")],
+    user: Annotated[str, typer.Option(help="Role pgward logs in as.")],
+    port: Annotated[int, typer.Option(help="Target port.")] = 5432,
+    tls_mode: Annotated[str, typer.Option(help="disable, require or verify-full.")] = "verify-full",
+    sslrootcert: Annotated[
+        Path | None, typer.Option(help="PEM file of the CA that signs the target's certificate.")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the target password from stdin.")
+    ] = False,
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    state_dir: StateDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Register a target database directly in the store."""
+    from control_plane.connections.schemas import ConnectionCreate
+    from control_plane.connections.service import ConnectionService
+    from control_plane.store.crypto import SecretBox
+
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    if password_stdin and not password:
+        _fail("--password-stdin given but stdin held no password", EXIT_CONFIG)
+    try:
+        pem = sslrootcert.read_text() if sslrootcert is not None else None
+    except OSError as exc:
+        _fail(f"cannot read {sslrootcert}: {exc.strerror}", EXIT_CONFIG)
+    try:
+        data = ConnectionCreate.model_validate(
+            {
+                "name": name,
+                "host": host,
+                "port": port,
+                "database": database,
+                "username": user,
+                "tls_mode": tls_mode,
+                "sslrootcert": pem,
+                "password": password,
+                "description": description,
+            }
+        )
+    except ValidationError as exc:
+        _fail(_validation_message(exc), EXIT_CONFIG)
+    settings = _settings(state_dir, database_url)
+
+    async def work(sessionmaker: Any) -> None:
+        box = SecretBox.from_settings(settings)
+        async with sessionmaker() as session:
+            await ConnectionService(session, box).create(data)
+            await session.commit()
+
+    _run_store(settings, work)
+    auth = "password" if password else "no password (trust)"
+    err.print(f"registered connection [bold]{name}[/] → {host}:{port}/{database} as {user}, {auth}")
+
+
+@connections_app.command("list")
+def connections_list(state_dir: StateDir = None, database_url: DatabaseUrl = None) -> None:
+    """List registered connections."""
+    from control_plane.store.repositories import ConnectionRepository
+
+    settings = _settings(state_dir, database_url)
+
+    async def work(sessionmaker: Any) -> list[tuple[str, ...]]:
+        async with sessionmaker() as session:
+            rows = await ConnectionRepository(session).list_after(None, 10_000)
+            return [
+                (
+                    c.name,
+                    f"{c.host}:{c.port}",
+                    c.database,
+                    c.username,
+                    c.tls_mode,
+                    "yes" if c.secret_ciphertext else "",
+                )
+                for c in rows
+            ]
+
+    table = Table("name", "address", "database", "user", "tls", "password")
+    for row in _run_store(settings, work):
+        table.add_row(*row)
+    out.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,126 @@
+"""pgward settings, read from PGWARD_* environment variables."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+SECRET_KEY_FILE = "secret.key"  # noqa: S105  # a file name, not a secret
+
+
+class ConfigError(Exception):
+    """The configuration cannot work as given; the message says what to change."""
+
+
+def _default_state_dir() -> Path:
+    return Path("~/.local/state/pgward").expanduser()
+
+
+def _split_list(value: Any) -> Any:
+    # Lists come from the environment either as JSON (`["a","b"]`) or, friendlier for
+    # shells and compose files, comma-separated (`a,b`).
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every pgward setting; `PGWARD_<FIELD>` in the environment overrides the default."""
+
+    model_config = SettingsConfigDict(env_prefix="PGWARD_", extra="ignore")
+
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    database_url: str | None = None
+    secret_key: SecretStr | None = None
+    dev_mode: bool = False
+    proxy_listen: str = "127.0.0.1:6543"
+    api_listen: str = "127.0.0.1:8080"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_plaintext: bool = False
+    max_message_size: int = 128 * MiB
+    deny_statements: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    admin_groups: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["admins"])
+    public_url: str | None = None
+
+    _split_lists = field_validator("deny_statements", "admin_groups", mode="before")(_split_list)
+
+    @field_validator("state_dir", mode="after")
+    @classmethod
+    def _expand_state_dir(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def require_database_url(self) -> str:
+        """The metadata store URL, or a ConfigError when nothing has set it yet."""
+        if not self.database_url:
+            raise ConfigError(
+                "no metadata store configured: set PGWARD_DATABASE_URL "
+                "(e.g. postgresql+psycopg://user:pass@host:5432/pgward) or use `pgward demo`"
+            )
+        return self.database_url
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.state_dir / SECRET_KEY_FILE
+
+    def secret_key_bytes(self) -> bytes:
+        """The Fernet key for stored credentials: from PGWARD_SECRET_KEY or `state_dir/secret.key`.
+
+        The key file is created (mode 0600) only in dev mode; in production a missing key is an
+        error, because a silently generated key would make existing secrets unreadable.
+        """
+        if self.secret_key is not None:
+            return _checked_key(self.secret_key.get_secret_value().encode(), "PGWARD_SECRET_KEY")
+        path = self.secret_key_path
+        if path.exists():
+            return _checked_key(path.read_bytes().strip(), str(path))
+        if not self.dev_mode:
+            raise ConfigError(
+                "no secret key: set PGWARD_SECRET_KEY to a Fernet key (python -c "
+                '"from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())") '
+                f"or create {path}; it is generated automatically only with PGWARD_DEV_MODE=true"
+            )
+        return _create_key_file(path)
+
+
+def _checked_key(key: bytes, source: str) -> bytes:
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(key)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"the secret key in {source} is not a valid Fernet key (32 url-safe base64 bytes)"
+        ) from exc
+    return key
+
+
+def _create_key_file(path: Path) -> bytes:
+    from cryptography.fernet import Fernet
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = Fernet.generate_key()
+    try:
+        # O_EXCL: two processes starting at once must not each write a different key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _checked_key(path.read_bytes().strip(), str(path))
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key + b"\n")
+    return key
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings from the environment; tests build `Settings(...)` directly instead."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Registered target databases (connections): validation, storage and resolution for sessions."""

@@ -1,0 +1,1 @@
+"""The `pgward demo` command: a throwaway target with PII, the metadata store and the gateway."""

@@ -1,0 +1,1 @@
+"""Who is calling: credential verification (API keys now, OIDC later) and service identities."""

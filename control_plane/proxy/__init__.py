@@ -1,0 +1,1 @@
+"""The decision service the Rust data plane asks, and starting/stopping the data plane."""

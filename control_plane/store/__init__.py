@@ -1,0 +1,1 @@
+"""The metadata store: models, repositories, encryption of stored secrets and migrations."""

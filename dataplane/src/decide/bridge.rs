@@ -1,0 +1,218 @@
+//! The channel between Rust sessions and the Python decision service.
+//!
+//! Rust threads never take the GIL. A session pushes a request onto a queue and awaits a oneshot
+//! answer; the first push into an empty queue writes one byte to a pipe that the asyncio loop
+//! watches, so one wake-up serves a whole burst. Python drains the queue with
+//! [`Bridge::take`] and answers each request with [`Bridge::respond`].
+
+use std::collections::HashMap;
+use std::io::{PipeReader, PipeWriter, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use super::types::{CachePolicy, Decision, Refusal, Scope};
+
+/// A question for the decision service.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Authenticate {
+        session_id: u64,
+        client_addr: String,
+        user: String,
+        database: String,
+        password: String,
+        startup_params: Vec<(String, String)>,
+        tls: bool,
+    },
+    Decide {
+        session_id: u64,
+        scope_key: String,
+        sql: String,
+        fingerprint: Option<u64>,
+        source: &'static str,
+    },
+    /// Fire and forget: nobody waits for an answer.
+    SessionEnd { session_id: u64, reason: String },
+}
+
+impl Request {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Authenticate { .. } => "authenticate",
+            Self::Decide { .. } => "decide",
+            Self::SessionEnd { .. } => "session_end",
+        }
+    }
+}
+
+/// The scope of an authenticated session plus the parameters to send upstream.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub scope: Scope,
+}
+
+/// An answer from the decision service.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Authenticated(Result<Admission, Refusal>),
+    Decided { decision: Decision, cache: CachePolicy },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("the decision service did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the decision service dropped the request")]
+    Dropped,
+    #[error("the decision service is not running")]
+    Closed,
+}
+
+pub struct Bridge {
+    queue: Mutex<Vec<(u64, Request)>>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    next_id: AtomicU64,
+    /// True while a wake-up byte is in the pipe that Python has not yet acted on.
+    notified: AtomicBool,
+    closed: AtomicBool,
+    wake_reader: PipeReader,
+    wake_writer: Mutex<PipeWriter>,
+    timeout: Duration,
+}
+
+impl Bridge {
+    pub fn new(timeout: Duration) -> std::io::Result<Self> {
+        let (wake_reader, wake_writer) = std::io::pipe()?;
+        Ok(Self {
+            queue: Mutex::new(Vec::new()),
+            waiting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            notified: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            wake_reader,
+            wake_writer: Mutex::new(wake_writer),
+            timeout,
+        })
+    }
+
+    /// The file descriptor Python's event loop watches for readability.
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake_reader.as_raw_fd()
+    }
+
+    fn push(&self, id: u64, request: Request) {
+        self.queue.lock().push((id, request));
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            // One byte per burst; Python reads it before draining. A failed write can only mean
+            // the reader is gone, and then every waiter times out and fails closed.
+            let _ = self.wake_writer.lock().write_all(b"!");
+        }
+    }
+
+    /// Ask the decision service and wait (only this task) for the answer.
+    pub async fn ask(&self, request: Request) -> Result<Answer, BridgeError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BridgeError::Closed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().insert(id, tx);
+        self.push(id, request);
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(BridgeError::Dropped),
+            Err(_) => {
+                self.waiting.lock().remove(&id);
+                Err(BridgeError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    /// Queue an event nobody waits for.
+    pub fn tell(&self, request: Request) {
+        if !self.closed.load(Ordering::Acquire) {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            self.push(id, request);
+        }
+    }
+
+    /// Drain the queue. Called by Python after the wake fd became readable (and was read).
+    pub fn take(&self) -> Vec<(u64, Request)> {
+        // Re-arm before draining: a push that lands after this line writes a new wake-up byte,
+        // so no request can sit in the queue unnoticed.
+        self.notified.store(false, Ordering::Release);
+        std::mem::take(&mut *self.queue.lock())
+    }
+
+    /// Deliver an answer; false when nobody waits for it any more (timed out or disconnected).
+    pub fn respond(&self, id: u64, answer: Answer) -> bool {
+        match self.waiting.lock().remove(&id) {
+            Some(tx) => tx.send(answer).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Fail every waiter (the decision service is stopping).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waiting.lock().clear();
+        self.queue.lock().clear();
+    }
+
+    pub fn pending(&self) -> usize {
+        self.waiting.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::sync::Arc;
+
+    fn decide(id: u64) -> Request {
+        Request::Decide {
+            session_id: id,
+            scope_key: "s".into(),
+            sql: "select 1".into(),
+            fingerprint: None,
+            source: "query",
+        }
+    }
+
+    #[tokio::test]
+    async fn one_wakeup_per_burst_and_answers_reach_the_asker() {
+        let bridge = Arc::new(Bridge::new(Duration::from_secs(5)).unwrap());
+        let mut askers = Vec::new();
+        for i in 0..3 {
+            let b = Arc::clone(&bridge);
+            askers.push(tokio::spawn(async move { b.ask(decide(i)).await }));
+        }
+        while bridge.pending() < 3 {
+            tokio::task::yield_now().await;
+        }
+        let mut reader = bridge.wake_reader.try_clone().unwrap();
+        let mut byte = [0u8; 8];
+        let n = reader.read(&mut byte).unwrap();
+        assert_eq!(n, 1, "a burst writes one wake-up byte");
+        let taken = bridge.take();
+        assert_eq!(taken.len(), 3);
+        for (id, _) in taken {
+            assert!(bridge.respond(id, Answer::Decided { decision: Decision::Allow, cache: CachePolicy::Never }));
+        }
+        for a in askers {
+            assert!(matches!(a.await.unwrap(), Ok(Answer::Decided { decision: Decision::Allow, .. })));
+        }
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_time_out() {
+        let bridge = Bridge::new(Duration::from_millis(20)).unwrap();
+        assert!(matches!(bridge.ask(decide(1)).await, Err(BridgeError::Timeout(_))));
+        assert_eq!(bridge.pending(), 0);
+    }
+}

@@ -1,0 +1,134 @@
+//! The decision cache shared by all sessions.
+//!
+//! Partitioned by scope key (identity + connection + policy version), so a new policy version can
+//! never be answered from an older one's decisions. Two maps per scope: exact statement text, and
+//! the libpg_query fingerprint for decisions Python marked as independent of constants.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::types::{CachePolicy, Decision};
+
+/// Entries held in all scopes together before the cache starts over. Decisions are cheap to
+/// recompute, so a full clear keeps memory bounded without the bookkeeping of an LRU.
+const DEFAULT_CAPACITY: usize = 100_000;
+
+#[derive(Default)]
+struct ScopeEntries {
+    by_text: HashMap<Box<str>, Decision>,
+    by_fingerprint: HashMap<u64, Decision>,
+}
+
+pub struct DecisionCache {
+    scopes: RwLock<HashMap<Arc<str>, ScopeEntries>>,
+    entries: AtomicUsize,
+    capacity: usize,
+}
+
+impl Default for DecisionCache {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+}
+
+impl DecisionCache {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self { scopes: RwLock::new(HashMap::new()), entries: AtomicUsize::new(0), capacity }
+    }
+
+    pub fn get_text(&self, scope: &str, sql: &str) -> Option<Decision> {
+        self.scopes.read().get(scope).and_then(|s| s.by_text.get(sql).cloned())
+    }
+
+    pub fn get_fingerprint(&self, scope: &str, fingerprint: u64) -> Option<Decision> {
+        self.scopes.read().get(scope).and_then(|s| s.by_fingerprint.get(&fingerprint).cloned())
+    }
+
+    pub fn insert(
+        &self,
+        scope: &Arc<str>,
+        sql: &str,
+        fingerprint: Option<u64>,
+        policy: CachePolicy,
+        decision: &Decision,
+    ) {
+        let mut scopes = self.scopes.write();
+        if self.entries.load(Ordering::Relaxed) >= self.capacity {
+            scopes.clear();
+            self.entries.store(0, Ordering::Relaxed);
+        }
+        let entries = scopes.entry(Arc::clone(scope)).or_default();
+        let added = match (policy, fingerprint) {
+            (CachePolicy::Fingerprint, Some(fp)) => {
+                entries.by_fingerprint.insert(fp, decision.clone()).is_none()
+            }
+            // Without a fingerprint (the Rust parser failed) only the exact text can be reused.
+            (CachePolicy::Fingerprint | CachePolicy::Text, _) => {
+                entries.by_text.insert(sql.into(), decision.clone()).is_none()
+            }
+            (CachePolicy::Never, _) => false,
+        };
+        if added {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forget every decision (policies changed).
+    pub fn clear(&self) {
+        self.scopes.write().clear();
+        self.entries.store(0, Ordering::Relaxed);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::types::Refusal;
+
+    fn deny() -> Decision {
+        Decision::Deny(Arc::new(Refusal::new("42501", "no")))
+    }
+
+    #[test]
+    fn scopes_are_separate() {
+        let cache = DecisionCache::default();
+        let a: Arc<str> = Arc::from("alice:shop:1");
+        cache.insert(&a, "select 1", Some(7), CachePolicy::Fingerprint, &Decision::Allow);
+        assert_eq!(cache.get_fingerprint("alice:shop:1", 7), Some(Decision::Allow));
+        assert_eq!(cache.get_fingerprint("alice:shop:2", 7), None);
+        assert_eq!(cache.get_text("alice:shop:1", "select 1"), None);
+    }
+
+    #[test]
+    fn text_policy_and_never() {
+        let cache = DecisionCache::default();
+        let a: Arc<str> = Arc::from("s");
+        cache.insert(&a, "select set_config('role','x',false)", Some(9), CachePolicy::Text, &deny());
+        assert_eq!(cache.get_fingerprint("s", 9), None);
+        assert_eq!(cache.get_text("s", "select set_config('role','x',false)"), Some(deny()));
+        cache.insert(&a, "select 2", Some(10), CachePolicy::Never, &Decision::Allow);
+        assert_eq!(cache.get_text("s", "select 2"), None);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn capacity_bounds_memory() {
+        let cache = DecisionCache::with_capacity(10);
+        let a: Arc<str> = Arc::from("s");
+        for i in 0..25u64 {
+            cache.insert(&a, "x", Some(i), CachePolicy::Fingerprint, &Decision::Allow);
+        }
+        assert!(cache.len() <= 10);
+    }
+}

@@ -1,0 +1,48 @@
+//! Values exchanged with the decision service: session scopes, decisions and refusals.
+
+use std::sync::Arc;
+
+use crate::backend::UpstreamTarget;
+
+/// Why the gateway refuses something, as the client will see it in an ErrorResponse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub sqlstate: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(sqlstate: &str, message: impl Into<String>) -> Self {
+        Self { sqlstate: sqlstate.to_owned(), message: message.into(), detail: None, hint: None }
+    }
+}
+
+/// The decision for one statement (or one multi-statement Query string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny(Arc<Refusal>),
+}
+
+/// How Python allows a decision to be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// Reuse for any statement with the same fingerprint (the decision does not depend on constants).
+    Fingerprint,
+    /// Reuse only for the exact same text.
+    Text,
+    /// Never reuse.
+    Never,
+}
+
+/// What a session may do, decided once at session start.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// Identity + connection + policy version: the decision cache is partitioned by it.
+    pub scope_key: Arc<str>,
+    /// Who the session is, for logs.
+    pub identity: String,
+    pub upstream: UpstreamTarget,
+}

@@ -1,0 +1,399 @@
+//! Relaying an authenticated session: client→server with a decision per statement, and
+//! server→client with the rewrites that keep denials looking like ordinary server errors.
+//!
+//! Both directions work in place on their read buffer. Only the messages the gateway inspects
+//! (Query and Parse from the client; ErrorResponse and ReadyForQuery from the server) must be
+//! whole in memory; every other message streams through as it arrives, so a huge DataRow or
+//! CopyData never needs a buffer of its size. Runs of messages that pass unchanged are written as
+//! one slice of the read buffer.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::gateway::Gateway;
+use crate::decide::bridge::{Answer, Request};
+use crate::decide::types::{Decision, Refusal, Scope};
+use crate::net::framing::{peek_header, FrameError};
+use crate::net::messages::{build_error, build_parse, build_query, parse_parse, parse_query, ErrorFields};
+use crate::net::sqlstate;
+
+/// Read at least this much at a time; small enough to keep 1,000 idle sessions cheap.
+const READ_CHUNK: usize = 16 * 1024;
+/// Messages from the server are trusted for framing but still bounded (PostgreSQL's own limit).
+const SERVER_MAX_MESSAGE: usize = 1 << 30;
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum End {
+    /// The client said Terminate or closed its socket.
+    ClientClosed,
+    /// The server closed; `fatal_sent` says whether the client already saw the server's FATAL.
+    ServerClosed { fatal_sent: bool },
+    /// The client broke the protocol: tell it (08P01) and close.
+    ClientProtocol(String),
+    ServerProtocol(String),
+    Io(std::io::Error),
+}
+
+struct PendingDenial {
+    /// The Sync-delimited segment the substitute was sent in.
+    segment: u64,
+    refusal: Arc<Refusal>,
+}
+
+/// What the two directions share.
+struct Shared {
+    /// Segments (a Query, a FunctionCall, or extended messages up to Sync) sent upstream.
+    segments_sent: AtomicU64,
+    /// ReadyForQuery messages seen from upstream.
+    segments_done: AtomicU64,
+    denials: Mutex<VecDeque<PendingDenial>>,
+    denial_count: AtomicUsize,
+    /// Unique token in the substitute statement; the server echoes it in its syntax error.
+    marker: String,
+}
+
+pub struct Relay<'a> {
+    gw: &'a Gateway,
+    session_id: u64,
+    scope: &'a Scope,
+    shared: Shared,
+}
+
+fn make_marker() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("pgward_denied_{hex}")
+}
+
+impl<'a> Relay<'a> {
+    pub fn new(gw: &'a Gateway, session_id: u64, scope: &'a Scope) -> Self {
+        Self {
+            gw,
+            session_id,
+            scope,
+            shared: Shared {
+                segments_sent: AtomicU64::new(0),
+                segments_done: AtomicU64::new(0),
+                denials: Mutex::new(VecDeque::new()),
+                denial_count: AtomicUsize::new(0),
+                marker: make_marker(),
+            },
+        }
+    }
+
+    /// Relay until either side ends. `client_buf`/`server_buf` hold bytes already read past the
+    /// startup phase.
+    pub async fn run<CR, CW, SR, SW>(
+        &self,
+        client_read: &mut CR,
+        client_write: &mut CW,
+        server_read: &mut SR,
+        server_write: &mut SW,
+        client_buf: BytesMut,
+        server_buf: BytesMut,
+    ) -> End
+    where
+        CR: AsyncRead + Unpin,
+        CW: AsyncWrite + Unpin,
+        SR: AsyncRead + Unpin,
+        SW: AsyncWrite + Unpin,
+    {
+        tokio::select! {
+            end = self.client_to_server(client_read, server_write, client_buf) => end,
+            end = self.server_to_client(server_read, client_write, server_buf) => end,
+        }
+    }
+
+    async fn client_to_server<R, W>(&self, client: &mut R, server: &mut W, mut buf: BytesMut) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let max = self.gw.config.max_message_size;
+        // Bytes of a streamed (uninspected) message still to come from the client.
+        let mut streaming: usize = 0;
+        let mut out: Vec<Bytes> = Vec::with_capacity(4);
+        loop {
+            let mut run = 0usize;
+            let mut terminate = false;
+            loop {
+                if streaming > 0 {
+                    let n = streaming.min(buf.len() - run);
+                    run += n;
+                    streaming -= n;
+                    if streaming > 0 {
+                        break;
+                    }
+                }
+                let rest = buf.get(run..).unwrap_or_default();
+                let header = match peek_header(rest, max) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break,
+                    Err(e) => return End::ClientProtocol(frame_error_text(&e)),
+                };
+                match header.tag {
+                    b'Q' | b'P' => {
+                        if rest.len() < header.len {
+                            buf.reserve(header.len - rest.len());
+                            break;
+                        }
+                        if run > 0 {
+                            out.push(buf.split_to(run).freeze());
+                            run = 0;
+                        }
+                        let frame = buf.split_to(header.len).freeze();
+                        match self.statement(&frame).await {
+                            Ok(Some(forward)) => out.push(forward),
+                            Ok(None) => out.push(frame),
+                            Err(reason) => return End::ClientProtocol(reason),
+                        }
+                        if header.tag == b'Q' {
+                            self.shared.segments_sent.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                    tag => {
+                        if matches!(tag, b'S' | b'F') {
+                            self.shared.segments_sent.fetch_add(1, Ordering::AcqRel);
+                        }
+                        if tag == b'X' {
+                            terminate = true;
+                        }
+                        let have = rest.len().min(header.len);
+                        run += have;
+                        streaming = header.len - have;
+                        if terminate {
+                            break;
+                        }
+                    }
+                }
+            }
+            if run > 0 {
+                out.push(buf.split_to(run).freeze());
+            }
+            if let Err(e) = write_segments(server, &mut out).await {
+                return End::Io(e);
+            }
+            if terminate {
+                return End::ClientClosed;
+            }
+            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+                buf.reserve(READ_CHUNK);
+            }
+            match client.read_buf(&mut buf).await {
+                Ok(0) => return End::ClientClosed,
+                Ok(_) => {}
+                Err(e) => return End::Io(e),
+            }
+        }
+    }
+
+    /// Decide a Query or Parse frame. `Ok(None)`: forward it unchanged; `Ok(Some(bytes))`: send
+    /// this substitute instead (a denial).
+    async fn statement(&self, frame: &Bytes) -> Result<Option<Bytes>, String> {
+        let tag = frame.first().copied().unwrap_or_default();
+        let body = frame.get(5..).unwrap_or_default();
+        let (sql, parse_name) = if tag == b'Q' {
+            (parse_query(body).map_err(|e| format!("malformed Query message: {e}"))?, None)
+        } else {
+            let p = parse_parse(body).map_err(|e| format!("malformed Parse message: {e}"))?;
+            (p.sql, Some(p.name))
+        };
+        let decision = self.decide(sql, if tag == b'Q' { "query" } else { "parse" }).await;
+        match decision {
+            Decision::Allow => Ok(None),
+            Decision::Deny(refusal) => {
+                self.gw.stats.denials.fetch_add(1, Ordering::Relaxed);
+                let segment = self.shared.segments_sent.load(Ordering::Acquire);
+                self.shared.denials.lock().push_back(PendingDenial { segment, refusal });
+                self.shared.denial_count.fetch_add(1, Ordering::AcqRel);
+                let substitute = match parse_name {
+                    None => build_query(&self.shared.marker),
+                    Some(name) => build_parse(name, &self.shared.marker, &[]),
+                };
+                Ok(Some(substitute))
+            }
+        }
+    }
+
+    async fn decide(&self, sql: &str, source: &'static str) -> Decision {
+        let gw = self.gw;
+        gw.stats.statements.fetch_add(1, Ordering::Relaxed);
+        if sql.trim().is_empty() {
+            // Nothing runs; the server answers EmptyQueryResponse.
+            return Decision::Allow;
+        }
+        let scope_key = &self.scope.scope_key;
+        if let Some(d) = gw.cache.get_text(scope_key, sql) {
+            gw.stats.cache_hits_text.fetch_add(1, Ordering::Relaxed);
+            return d;
+        }
+        let fingerprint = pg_query::fingerprint(sql).ok().map(|f| f.value);
+        if let Some(fp) = fingerprint {
+            if let Some(d) = gw.cache.get_fingerprint(scope_key, fp) {
+                gw.stats.cache_hits_fingerprint.fetch_add(1, Ordering::Relaxed);
+                return d;
+            }
+        }
+        gw.stats.python_decisions.fetch_add(1, Ordering::Relaxed);
+        let request = Request::Decide {
+            session_id: self.session_id,
+            scope_key: scope_key.to_string(),
+            sql: sql.to_owned(),
+            fingerprint,
+            source,
+        };
+        match gw.bridge.ask(request).await {
+            Ok(Answer::Decided { decision, cache }) => {
+                gw.cache.insert(scope_key, sql, fingerprint, cache, &decision);
+                decision
+            }
+            Ok(Answer::Authenticated(_)) => fail_closed("the decision service answered the wrong question"),
+            Err(e) => fail_closed(&e.to_string()),
+        }
+    }
+
+    async fn server_to_client<R, W>(&self, server: &mut R, client: &mut W, mut buf: BytesMut) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut streaming: usize = 0;
+        let mut out: Vec<Bytes> = Vec::with_capacity(4);
+        let mut fatal_sent = false;
+        loop {
+            let mut run = 0usize;
+            loop {
+                if streaming > 0 {
+                    let n = streaming.min(buf.len() - run);
+                    run += n;
+                    streaming -= n;
+                    if streaming > 0 {
+                        break;
+                    }
+                }
+                let rest = buf.get(run..).unwrap_or_default();
+                let header = match peek_header(rest, SERVER_MAX_MESSAGE) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break,
+                    Err(e) => return End::ServerProtocol(frame_error_text(&e)),
+                };
+                match header.tag {
+                    b'Z' => {
+                        // Every segment up to this one is finished: substitutes in it that the
+                        // server skipped (an earlier error) will never produce their error.
+                        let done = self.shared.segments_done.fetch_add(1, Ordering::AcqRel) + 1;
+                        if self.shared.denial_count.load(Ordering::Acquire) > 0 {
+                            let mut denials = self.shared.denials.lock();
+                            while denials.front().is_some_and(|d| d.segment < done) {
+                                denials.pop_front();
+                                self.shared.denial_count.fetch_sub(1, Ordering::AcqRel);
+                            }
+                        }
+                        let have = rest.len().min(header.len);
+                        run += have;
+                        streaming = header.len - have;
+                    }
+                    b'E' => {
+                        if rest.len() < header.len {
+                            buf.reserve(header.len - rest.len());
+                            break;
+                        }
+                        if run > 0 {
+                            out.push(buf.split_to(run).freeze());
+                            run = 0;
+                        }
+                        let frame = buf.split_to(header.len).freeze();
+                        let fields = ErrorFields::parse(frame.get(5..).unwrap_or_default()).ok();
+                        if let Some(f) = &fields {
+                            if f.get(b'S') == Some("FATAL") || f.get(b'S') == Some("PANIC") {
+                                fatal_sent = true;
+                            }
+                        }
+                        out.push(self.rewrite_error(frame, fields.as_ref()));
+                    }
+                    _ => {
+                        let have = rest.len().min(header.len);
+                        run += have;
+                        streaming = header.len - have;
+                    }
+                }
+            }
+            if run > 0 {
+                out.push(buf.split_to(run).freeze());
+            }
+            if let Err(e) = write_segments(client, &mut out).await {
+                return End::Io(e);
+            }
+            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+                buf.reserve(READ_CHUNK);
+            }
+            match server.read_buf(&mut buf).await {
+                Ok(0) => return End::ServerClosed { fatal_sent },
+                Ok(_) => {}
+                Err(e) => return End::Io(e),
+            }
+        }
+    }
+
+    /// Replace the server's error for a substitute statement with the denial it stands for.
+    fn rewrite_error(&self, frame: Bytes, fields: Option<&ErrorFields>) -> Bytes {
+        if self.shared.denial_count.load(Ordering::Acquire) == 0 {
+            return frame;
+        }
+        let is_substitute = fields
+            .and_then(ErrorFields::message)
+            .is_some_and(|m| m.contains(self.shared.marker.as_str()));
+        if !is_substitute {
+            return frame;
+        }
+        let Some(denial) = self.shared.denials.lock().pop_front() else {
+            return frame;
+        };
+        self.shared.denial_count.fetch_sub(1, Ordering::AcqRel);
+        let r = &denial.refusal;
+        build_error("ERROR", &r.sqlstate, &r.message, r.detail.as_deref(), r.hint.as_deref())
+    }
+}
+
+fn fail_closed(reason: &str) -> Decision {
+    let mut refusal = Refusal::new(
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+        "statement refused: pgward could not decide it, and refuses what it cannot decide",
+    );
+    refusal.detail = Some(reason.to_owned());
+    Decision::Deny(Arc::new(refusal))
+}
+
+fn frame_error_text(e: &FrameError) -> String {
+    format!("invalid message framing: {e}")
+}
+
+/// Write the collected segments with one write call when there is more than one small piece.
+async fn write_segments<W: AsyncWrite + Unpin>(w: &mut W, out: &mut Vec<Bytes>) -> std::io::Result<()> {
+    match out.len() {
+        0 => return Ok(()),
+        1 => {
+            if let Some(seg) = out.pop() {
+                w.write_all(&seg).await?;
+            }
+        }
+        _ => {
+            let total: usize = out.iter().map(Bytes::len).sum();
+            let mut joined = BytesMut::with_capacity(total);
+            for seg in out.drain(..) {
+                joined.extend_from_slice(&seg);
+            }
+            w.write_all(&joined).await?;
+        }
+    }
+    out.clear();
+    w.flush().await
+}

@@ -1,0 +1,248 @@
+//! One client session from accept to close: startup, authentication through the decision
+//! service, the upstream connection, then the relay.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::cancel::CancelTarget;
+use super::gateway::Gateway;
+use super::relay::{End, Relay};
+use super::startup::{self, Opening, StartupInfo};
+use super::stream::ClientStream;
+use crate::backend::{self, BackendError};
+use crate::decide::bridge::{Answer, Request};
+use crate::decide::types::Refusal;
+use crate::net::messages::{
+    auth_cleartext_password, auth_ok, build_backend_key_data, build_error, build_negotiate_protocol_version,
+    build_parameter_status, build_ready_for_query, parse_password,
+};
+use crate::net::reader::read_frame;
+use crate::net::sqlstate;
+
+/// Newest protocol minor version the gateway speaks to clients (3.2: PostgreSQL 18).
+const NEWEST_MINOR: u16 = 2;
+/// A password message holds at most a token; anything bigger is not a credential.
+const MAX_PASSWORD_MESSAGE: usize = 64 * 1024;
+
+struct ActiveGuard<'a>(&'a Gateway);
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn run(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    gw.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
+    gw.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(&gw);
+    let session_id = gw.next_session_id();
+
+    let opened = tokio::time::timeout(gw.config.startup_timeout, startup::open(&gw, tcp, peer)).await;
+    let info = match opened {
+        Ok(Ok(Opening::Session(info))) => info,
+        Ok(Ok(Opening::Done)) | Err(_) => return,
+        Ok(Err(e)) => {
+            gw.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            e.report().await;
+            return;
+        }
+    };
+    let reason = serve(&gw, session_id, info, peer).await;
+    gw.bridge.tell(Request::SessionEnd { session_id, reason });
+}
+
+async fn fatal<W: AsyncWrite + Unpin>(w: &mut W, sqlstate: &str, message: &str, detail: Option<&str>, hint: Option<&str>) {
+    let _ = w.write_all(&build_error("FATAL", sqlstate, message, detail, hint)).await;
+    let _ = w.flush().await;
+    let _ = w.shutdown().await;
+}
+
+async fn refuse(stream: &mut ClientStream, r: &Refusal) -> String {
+    fatal(stream, &r.sqlstate, &r.message, r.detail.as_deref(), r.hint.as_deref()).await;
+    format!("refused: {} {}", r.sqlstate, r.message)
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+async fn serve(gw: &Arc<Gateway>, session_id: u64, info: StartupInfo, peer: SocketAddr) -> String {
+    let StartupInfo { mut stream, major, minor, params, mut buf } = info;
+    if major != 3 {
+        let r = Refusal::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("unsupported frontend protocol {major}.{minor}: pgward speaks 3.0 and 3.2"),
+        );
+        return refuse(&mut stream, &r).await;
+    }
+    // `_pq_.` options are protocol extensions; pgward implements none, so it names them back.
+    let unsupported: Vec<String> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+    let params: Vec<(String, String)> = params.into_iter().filter(|(k, _)| !k.starts_with("_pq_.")).collect();
+    let mut hello = BytesMut::new();
+    if minor > NEWEST_MINOR || !unsupported.is_empty() {
+        hello.put_slice(&build_negotiate_protocol_version(u32::from(minor.min(NEWEST_MINOR)), &unsupported));
+    }
+    let key_len = if minor >= 2 { 32 } else { 4 };
+
+    let Some(user) = param(&params, "user").map(str::to_owned) else {
+        let r = Refusal::new(sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet");
+        return refuse(&mut stream, &r).await;
+    };
+    let database = param(&params, "database").unwrap_or(&user).to_owned();
+    if param(&params, "replication").is_some_and(|v| !matches!(v, "false" | "off" | "0" | "no")) {
+        let r = Refusal::new(sqlstate::FEATURE_NOT_SUPPORTED, "replication connections are not supported through pgward");
+        return refuse(&mut stream, &r).await;
+    }
+
+    // Ask for the credential (an API key or a token); only ever inside TLS, unless the operator
+    // allowed plaintext on loopback.
+    hello.put_slice(&auth_cleartext_password());
+    if stream.write_all(&hello).await.is_err() || stream.flush().await.is_err() {
+        return "client went away during startup".into();
+    }
+    let frame = match read_frame(&mut stream, &mut buf, MAX_PASSWORD_MESSAGE).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return "client closed before authenticating".into(),
+        Err(e) => {
+            let r = Refusal::new(sqlstate::PROTOCOL_VIOLATION, format!("invalid password message: {e}"));
+            return refuse(&mut stream, &r).await;
+        }
+    };
+    if frame.first() != Some(&b'p') {
+        let r = Refusal::new(sqlstate::PROTOCOL_VIOLATION, "expected a password message");
+        return refuse(&mut stream, &r).await;
+    }
+    let password = match parse_password(frame.get(5..).unwrap_or_default()) {
+        Ok(p) => p,
+        Err(e) => {
+            let r = Refusal::new(sqlstate::PROTOCOL_VIOLATION, format!("invalid password message: {e}"));
+            return refuse(&mut stream, &r).await;
+        }
+    };
+
+    let request = Request::Authenticate {
+        session_id,
+        client_addr: peer.to_string(),
+        user: user.clone(),
+        database: database.clone(),
+        password,
+        startup_params: params,
+        tls: stream.is_tls(),
+    };
+    let scope = match gw.bridge.ask(request).await {
+        Ok(Answer::Authenticated(Ok(admission))) => admission.scope,
+        Ok(Answer::Authenticated(Err(refusal))) => return refuse(&mut stream, &refusal).await,
+        Ok(Answer::Decided { .. }) | Err(_) => {
+            let r = Refusal::new(
+                sqlstate::INVALID_AUTHORIZATION,
+                "pgward could not verify the credential: the decision service did not answer",
+            );
+            return refuse(&mut stream, &r).await;
+        }
+    };
+
+    let upstream = match backend::connect(&scope.upstream).await {
+        Ok(u) => u,
+        Err(e) => {
+            let detail = upstream_detail(&e);
+            let r = Refusal {
+                sqlstate: sqlstate::CONNECTION_FAILURE.into(),
+                message: format!("pgward could not connect to the database of connection \"{database}\""),
+                detail: Some(detail),
+                hint: Some("the target database may be down; try again, or ask the pgward operator".into()),
+            };
+            return refuse(&mut stream, &r).await;
+        }
+    };
+
+    let target = CancelTarget {
+        host: scope.upstream.host.clone(),
+        port: scope.upstream.port,
+        tls: scope.upstream.tls,
+        sslrootcert: scope.upstream.sslrootcert.clone(),
+        pid: upstream.pid,
+        key: upstream.key.clone(),
+    };
+    let (pid, key) = gw.cancels.register(target, key_len);
+    let end = relay_session(gw, session_id, &scope, stream, upstream, buf, pid, &key).await;
+    gw.cancels.remove(pid, &key);
+    end
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_session(
+    gw: &Arc<Gateway>,
+    session_id: u64,
+    scope: &crate::decide::Scope,
+    stream: ClientStream,
+    upstream: backend::Upstream,
+    client_buf: BytesMut,
+    pid: i32,
+    key: &[u8],
+) -> String {
+    let mut hello = BytesMut::new();
+    hello.put_slice(&auth_ok());
+    for (name, value) in &upstream.parameters {
+        hello.put_slice(&build_parameter_status(name, value));
+    }
+    hello.put_slice(&build_backend_key_data(pid, key));
+    hello.put_slice(&build_ready_for_query(b'I'));
+
+    let backend::Upstream { stream: server, read_buf: server_buf, .. } = upstream;
+    let (mut client_read, mut client_write) = tokio::io::split(stream);
+    let (mut server_read, mut server_write) = tokio::io::split(server);
+    if client_write.write_all(&hello).await.is_err() || client_write.flush().await.is_err() {
+        return "client went away during startup".into();
+    }
+    let relay = Relay::new(gw, session_id, scope);
+    let end = relay
+        .run(&mut client_read, &mut client_write, &mut server_read, &mut server_write, client_buf, server_buf)
+        .await;
+    match end {
+        End::ClientClosed => {
+            let _ = server_write.shutdown().await;
+            "client closed".into()
+        }
+        End::ServerClosed { fatal_sent } => {
+            if !fatal_sent {
+                fatal(
+                    &mut client_write,
+                    sqlstate::CONNECTION_FAILURE,
+                    "the target database closed the connection unexpectedly",
+                    None,
+                    Some("the target may have restarted; reconnect to continue"),
+                )
+                .await;
+            } else {
+                let _ = client_write.shutdown().await;
+            }
+            "target closed".into()
+        }
+        End::ClientProtocol(reason) => {
+            gw.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            fatal(&mut client_write, sqlstate::PROTOCOL_VIOLATION, &reason, None, None).await;
+            let _ = server_write.shutdown().await;
+            format!("client protocol violation: {reason}")
+        }
+        End::ServerProtocol(reason) => {
+            fatal(&mut client_write, sqlstate::CONNECTION_FAILURE, "the target database broke the protocol", Some(&reason), None).await;
+            format!("target protocol violation: {reason}")
+        }
+        End::Io(e) => format!("I/O error: {e}"),
+    }
+}
+
+fn upstream_detail(e: &BackendError) -> String {
+    match e {
+        BackendError::Server(fields) => {
+            format!("{}: {}", fields.sqlstate().unwrap_or("?????"), fields.message().unwrap_or("error"))
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,282 @@
+//! The Python boundary: `control_plane._dataplane.Dataplane`.
+//!
+//! Methods here convert arguments, call into the Rust gateway and convert errors once. Nothing in
+//! this file runs per statement on the hot path: Python is only reached for uncached decisions,
+//! and then through the bridge queue, never from a tokio thread.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::backend::UpstreamTarget;
+use crate::decide::bridge::{Admission, Answer, Request};
+use crate::decide::types::{CachePolicy, Decision, Refusal, Scope};
+use crate::decide::Bridge;
+use crate::frontend::{listener, Gateway, GatewayConfig};
+use crate::net::framing::DEFAULT_MAX_MESSAGE;
+use crate::net::tls::{server_config, UpstreamTls};
+
+/// The data plane of one pgward process: listener, sessions and the decision cache.
+#[pyclass(frozen, module = "control_plane._dataplane")]
+pub struct Dataplane {
+    gateway: Arc<Gateway>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    local_addr: Mutex<Option<SocketAddr>>,
+    worker_threads: usize,
+    connect_timeout: Duration,
+}
+
+fn secs(value: f64, name: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| PyValueError::new_err(format!("{name} must be a positive number of seconds")))
+}
+
+#[pymethods]
+impl Dataplane {
+    #[new]
+    #[pyo3(signature = (
+        listen, tls_cert=None, tls_key=None, *, allow_plaintext=false,
+        max_message_size=DEFAULT_MAX_MESSAGE, worker_threads=0, connect_timeout_s=10.0,
+        startup_timeout_s=30.0, decision_timeout_s=30.0,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        listen: String,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        allow_plaintext: bool,
+        max_message_size: usize,
+        worker_threads: usize,
+        connect_timeout_s: f64,
+        startup_timeout_s: f64,
+        decision_timeout_s: f64,
+    ) -> PyResult<Self> {
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(server_config(&cert, &key).map_err(|e| PyValueError::new_err(format!("TLS configuration: {e}")))?)
+            }
+            (None, None) => None,
+            _ => return Err(PyValueError::new_err("tls_cert and tls_key go together")),
+        };
+        if max_message_size < 1024 {
+            return Err(PyValueError::new_err("max_message_size must be at least 1024 bytes"));
+        }
+        let config = GatewayConfig {
+            listen,
+            allow_plaintext,
+            max_message_size,
+            connect_timeout: secs(connect_timeout_s, "connect_timeout_s")?,
+            startup_timeout: secs(startup_timeout_s, "startup_timeout_s")?,
+        };
+        let bridge = Bridge::new(secs(decision_timeout_s, "decision_timeout_s")?)
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        Ok(Self {
+            connect_timeout: config.connect_timeout,
+            gateway: Arc::new(Gateway::new(config, tls, Arc::new(bridge))),
+            runtime: Mutex::new(None),
+            local_addr: Mutex::new(None),
+            worker_threads,
+        })
+    }
+
+    /// Bind the listener and start serving; returns the bound `host:port`.
+    fn start(&self, py: Python<'_>) -> PyResult<String> {
+        let mut runtime_slot = self.runtime.lock();
+        if runtime_slot.is_some() {
+            return Err(PyRuntimeError::new_err("the data plane is already running"));
+        }
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all().thread_name("pgward-dataplane");
+        if self.worker_threads > 0 {
+            builder.worker_threads(self.worker_threads);
+        }
+        let runtime = builder.build().map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let gw = Arc::clone(&self.gateway);
+        let listener = py
+            .allow_threads(|| runtime.block_on(listener::bind(&gw)))
+            .map_err(|e| PyOSError::new_err(format!("cannot listen on {}: {e}", gw.config.listen)))?;
+        let addr = listener.local_addr().map_err(|e| PyOSError::new_err(e.to_string()))?;
+        runtime.spawn(listener::serve(gw, listener));
+        *self.local_addr.lock() = Some(addr);
+        *runtime_slot = Some(runtime);
+        Ok(addr.to_string())
+    }
+
+    /// The address the listener is bound to, once started.
+    fn local_addr(&self) -> Option<String> {
+        self.local_addr.lock().map(|a| a.to_string())
+    }
+
+    /// The file descriptor to watch (readable = requests are waiting). Read and discard its
+    /// bytes, then call `take_requests`.
+    fn wake_fd(&self) -> i32 {
+        self.gateway.bridge.wake_fd()
+    }
+
+    /// Drain the request queue: a list of `(request_id, kind, payload)`.
+    fn take_requests<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for (id, request) in self.gateway.bridge.take() {
+            let payload = PyDict::new(py);
+            match &request {
+                Request::Authenticate { session_id, client_addr, user, database, password, startup_params, tls } => {
+                    payload.set_item("session_id", session_id)?;
+                    payload.set_item("client_addr", client_addr)?;
+                    payload.set_item("user", user)?;
+                    payload.set_item("database", database)?;
+                    payload.set_item("password", password)?;
+                    let params = PyDict::new(py);
+                    for (k, v) in startup_params {
+                        params.set_item(k, v)?;
+                    }
+                    payload.set_item("startup_params", params)?;
+                    payload.set_item("tls", tls)?;
+                }
+                Request::Decide { session_id, scope_key, sql, fingerprint, source } => {
+                    payload.set_item("session_id", session_id)?;
+                    payload.set_item("scope_key", scope_key)?;
+                    payload.set_item("sql", sql)?;
+                    payload.set_item("fingerprint", fingerprint.map(|f| format!("{f:016x}")))?;
+                    payload.set_item("source", source)?;
+                }
+                Request::SessionEnd { session_id, reason } => {
+                    payload.set_item("session_id", session_id)?;
+                    payload.set_item("reason", reason)?;
+                }
+            }
+            list.append((id, request.kind(), payload))?;
+        }
+        Ok(list)
+    }
+
+    /// Answer request `request_id`. Returns False when nobody waits any more (the client left
+    /// or the request timed out). A malformed answer raises ValueError and the waiting session
+    /// is refused (fail closed).
+    fn respond(&self, request_id: u64, answer: &Bound<'_, PyDict>) -> PyResult<bool> {
+        match self.convert_answer(answer) {
+            Ok(a) => Ok(self.gateway.bridge.respond(request_id, a)),
+            Err(e) => {
+                let refusal = Refusal::new("XX000", "pgward's decision service gave an invalid answer");
+                let fallback = if answer.contains("ok")? {
+                    Answer::Authenticated(Err(refusal))
+                } else {
+                    Answer::Decided { decision: Decision::Deny(Arc::new(refusal)), cache: CachePolicy::Never }
+                };
+                self.gateway.bridge.respond(request_id, fallback);
+                Err(e)
+            }
+        }
+    }
+
+    /// Forget every cached decision (policies changed).
+    fn invalidate(&self) {
+        self.gateway.cache.clear();
+    }
+
+    /// Counters: sessions, statements, cache hits, Python decisions, denials.
+    fn stats(&self) -> HashMap<&'static str, u64> {
+        let mut stats: HashMap<&'static str, u64> = self.gateway.stats.snapshot().into_iter().collect();
+        stats.insert("cached_decisions", self.gateway.cache.len() as u64);
+        stats.insert("cancel_keys", self.gateway.cancels.len() as u64);
+        stats
+    }
+
+    /// Stop listening and close every session.
+    fn stop(&self, py: Python<'_>) {
+        self.gateway.bridge.close();
+        if let Some(runtime) = self.runtime.lock().take() {
+            py.allow_threads(|| runtime.shutdown_timeout(Duration::from_secs(5)));
+        }
+    }
+}
+
+impl Dataplane {
+    fn convert_answer(&self, answer: &Bound<'_, PyDict>) -> PyResult<Answer> {
+        if let Some(ok) = answer.get_item("ok")? {
+            if ok.extract::<bool>()? {
+                let scope = required(answer, "scope")?;
+                let scope = scope.downcast::<PyDict>()?;
+                return Ok(Answer::Authenticated(Ok(Admission { scope: self.convert_scope(scope)? })));
+            }
+            return Ok(Answer::Authenticated(Err(convert_refusal(answer, "28000")?)));
+        }
+        let action: String = required(answer, "action")?.extract()?;
+        let cache = match optional::<String>(answer, "cache")?.as_deref() {
+            Some("fingerprint") => CachePolicy::Fingerprint,
+            Some("text") => CachePolicy::Text,
+            Some("none") | None => CachePolicy::Never,
+            Some(other) => return Err(PyValueError::new_err(format!("unknown cache policy {other:?}"))),
+        };
+        let decision = match action.as_str() {
+            "allow" => Decision::Allow,
+            "deny" => Decision::Deny(Arc::new(convert_refusal(answer, "42501")?)),
+            other => return Err(PyValueError::new_err(format!("unknown action {other:?}"))),
+        };
+        Ok(Answer::Decided { decision, cache })
+    }
+
+    fn convert_scope(&self, scope: &Bound<'_, PyDict>) -> PyResult<Scope> {
+        let upstream = required(scope, "upstream")?;
+        let upstream = upstream.downcast::<PyDict>()?;
+        let tls = match required(upstream, "tls_mode")?.extract::<String>()?.as_str() {
+            "disable" => UpstreamTls::Disable,
+            "require" => UpstreamTls::Require,
+            "verify-full" => UpstreamTls::VerifyFull,
+            other => return Err(PyValueError::new_err(format!("unknown tls_mode {other:?}"))),
+        };
+        let startup_params: Vec<(String, String)> = match upstream.get_item("startup_params")? {
+            Some(p) if !p.is_none() => p.downcast::<PyDict>()?.iter().map(|(k, v)| Ok((k.extract()?, v.extract()?))).collect::<PyResult<_>>()?,
+            _ => Vec::new(),
+        };
+        Ok(Scope {
+            scope_key: Arc::from(required(scope, "scope_key")?.extract::<String>()?),
+            identity: optional::<String>(scope, "identity")?.unwrap_or_default(),
+            upstream: UpstreamTarget {
+                host: required(upstream, "host")?.extract()?,
+                port: required(upstream, "port")?.extract()?,
+                database: required(upstream, "database")?.extract()?,
+                user: required(upstream, "user")?.extract()?,
+                password: optional(upstream, "password")?,
+                tls,
+                sslrootcert: optional::<PathBuf>(upstream, "sslrootcert")?,
+                startup_params,
+                connect_timeout: self.connect_timeout,
+            },
+        })
+    }
+}
+
+fn required<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+    d.get_item(key)?.ok_or_else(|| PyValueError::new_err(format!("answer lacks {key:?}")))
+}
+
+fn optional<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<T>> {
+    match d.get_item(key)? {
+        Some(v) if !v.is_none() => Ok(Some(v.extract()?)),
+        _ => Ok(None),
+    }
+}
+
+fn convert_refusal(d: &Bound<'_, PyDict>, default_sqlstate: &str) -> PyResult<Refusal> {
+    Ok(Refusal {
+        sqlstate: optional::<String>(d, "sqlstate")?.unwrap_or_else(|| default_sqlstate.to_owned()),
+        message: optional::<String>(d, "message")?.unwrap_or_else(|| "refused by pgward".to_owned()),
+        detail: optional(d, "detail")?,
+        hint: optional(d, "hint")?,
+    })
+}
+
+/// The extension module `control_plane._dataplane`.
+#[pymodule]
+#[pyo3(name = "_dataplane")]
+pub fn dataplane_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Dataplane>()?;
+    m.add("DEFAULT_MAX_MESSAGE", DEFAULT_MAX_MESSAGE)?;
+    Ok(())
+}

@@ -1,0 +1,5 @@
+"""Test configuration: fixtures live in tests/fixtures/ and are registered here as plugins."""
+
+pytest_plugins = [
+    "tests.fixtures.postgres",
+]

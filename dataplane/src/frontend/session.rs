@@ -86,7 +86,9 @@ async fn serve(gw: &Arc<Gateway>, session_id: u64, info: StartupInfo, peer: Sock
     let params: Vec<(String, String)> = params.into_iter().filter(|(k, _)| !k.starts_with("_pq_.")).collect();
     let mut hello = BytesMut::new();
     if minor > NEWEST_MINOR || !unsupported.is_empty() {
-        hello.put_slice(&build_negotiate_protocol_version(u32::from(minor.min(NEWEST_MINOR)), &unsupported));
+        // The newest version as a whole protocol number (major << 16 | minor), as PostgreSQL sends it.
+        let newest = (3u32 << 16) | u32::from(minor.min(NEWEST_MINOR));
+        hello.put_slice(&build_negotiate_protocol_version(newest, &unsupported));
     }
     let key_len = if minor >= 2 { 32 } else { 4 };
 

@@ -161,6 +161,9 @@ pub async fn open(gw: &Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) -> Result
                         .await;
                     });
                 }
+                // Close cleanly (TLS close_notify): libpq's encrypted cancel treats an abrupt
+                // EOF as a failed cancel.
+                let _ = stream.shutdown().await;
                 return Ok(Opening::Done);
             }
             StartupPacket::Startup { major, minor, params } => {

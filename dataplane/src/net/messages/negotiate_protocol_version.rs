@@ -9,10 +9,11 @@ use super::payload::Payload;
 use super::tag;
 use super::{Cursor, MessageError};
 
-pub fn build_negotiate_protocol_version(newest_minor: u32, unsupported: &[String]) -> Bytes {
+/// `version` is the whole protocol number PostgreSQL sends (`major << 16 | minor`, e.g. 196610 for 3.2).
+pub fn build_negotiate_protocol_version(version: u32, unsupported: &[String]) -> Bytes {
     let mut p = Payload::new(tag::NEGOTIATE_PROTOCOL_VERSION);
     let count = i32::try_from(unsupported.len()).unwrap_or(i32::MAX);
-    p.put_u32(newest_minor).put_i32(count);
+    p.put_u32(version).put_i32(count);
     for option in unsupported {
         p.put_cstr(option);
     }

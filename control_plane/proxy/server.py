@@ -50,6 +50,9 @@ def _tls_files(settings: Settings) -> tuple[str | None, str | None]:
         log.warning("using a development TLS certificate", ca=str(files.ca_cert))
         return str(files.server_cert), str(files.server_key)
     if settings.allow_plaintext:
+        host, _ = _split_listen(settings.proxy_listen)
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise ConfigError("PGWARD_ALLOW_PLAINTEXT is honoured only on a loopback PGWARD_PROXY_LISTEN")
         return None, None
     raise ConfigError(
         "the proxy needs a TLS certificate: set PGWARD_TLS_CERT and PGWARD_TLS_KEY "
@@ -116,7 +119,9 @@ async def serve(
         if ready is not None:
             ready.set()
         if api_task is not None:
-            await api_task
+            # Shielded: cancelling serve() must stop uvicorn through should_exit (below), not by
+            # cancelling it mid-lifespan.
+            await asyncio.shield(api_task)
         else:
             await asyncio.Event().wait()
     finally:

@@ -34,7 +34,8 @@ pub struct Dataplane {
 }
 
 fn secs(value: f64, name: &str) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| PyValueError::new_err(format!("{name} must be a positive number of seconds")))
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be a positive number of seconds")))
 }
 
 #[pymethods]
@@ -58,14 +59,17 @@ impl Dataplane {
         decision_timeout_s: f64,
     ) -> PyResult<Self> {
         let tls = match (tls_cert, tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(server_config(&cert, &key).map_err(|e| PyValueError::new_err(format!("TLS configuration: {e}")))?)
-            }
+            (Some(cert), Some(key)) => Some(
+                server_config(&cert, &key)
+                    .map_err(|e| PyValueError::new_err(format!("TLS configuration: {e}")))?,
+            ),
             (None, None) => None,
             _ => return Err(PyValueError::new_err("tls_cert and tls_key go together")),
         };
         if max_message_size < 1024 {
-            return Err(PyValueError::new_err("max_message_size must be at least 1024 bytes"));
+            return Err(PyValueError::new_err(
+                "max_message_size must be at least 1024 bytes",
+            ));
         }
         let config = GatewayConfig {
             listen,
@@ -96,12 +100,18 @@ impl Dataplane {
         if self.worker_threads > 0 {
             builder.worker_threads(self.worker_threads);
         }
-        let runtime = builder.build().map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let runtime = builder
+            .build()
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
         let gw = Arc::clone(&self.gateway);
         let listener = py
             .allow_threads(|| runtime.block_on(listener::bind(&gw)))
-            .map_err(|e| PyOSError::new_err(format!("cannot listen on {}: {e}", gw.config.listen)))?;
-        let addr = listener.local_addr().map_err(|e| PyOSError::new_err(e.to_string()))?;
+            .map_err(|e| {
+                PyOSError::new_err(format!("cannot listen on {}: {e}", gw.config.listen))
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
         runtime.spawn(listener::serve(gw, listener));
         *self.local_addr.lock() = Some(addr);
         *runtime_slot = Some(runtime);
@@ -125,7 +135,15 @@ impl Dataplane {
         for (id, request) in self.gateway.bridge.take() {
             let payload = PyDict::new(py);
             match &request {
-                Request::Authenticate { session_id, client_addr, user, database, password, startup_params, tls } => {
+                Request::Authenticate {
+                    session_id,
+                    client_addr,
+                    user,
+                    database,
+                    password,
+                    startup_params,
+                    tls,
+                } => {
                     payload.set_item("session_id", session_id)?;
                     payload.set_item("client_addr", client_addr)?;
                     payload.set_item("user", user)?;
@@ -138,7 +156,13 @@ impl Dataplane {
                     payload.set_item("startup_params", params)?;
                     payload.set_item("tls", tls)?;
                 }
-                Request::Decide { session_id, scope_key, sql, fingerprint, source } => {
+                Request::Decide {
+                    session_id,
+                    scope_key,
+                    sql,
+                    fingerprint,
+                    source,
+                } => {
                     payload.set_item("session_id", session_id)?;
                     payload.set_item("scope_key", scope_key)?;
                     payload.set_item("sql", sql)?;
@@ -162,11 +186,15 @@ impl Dataplane {
         match self.convert_answer(answer) {
             Ok(a) => Ok(self.gateway.bridge.respond(request_id, a)),
             Err(e) => {
-                let refusal = Refusal::new("XX000", "pgward's decision service gave an invalid answer");
+                let refusal =
+                    Refusal::new("XX000", "pgward's decision service gave an invalid answer");
                 let fallback = if answer.contains("ok")? {
                     Answer::Authenticated(Err(refusal))
                 } else {
-                    Answer::Decided { decision: Decision::Deny(Arc::new(refusal)), cache: CachePolicy::Never }
+                    Answer::Decided {
+                        decision: Decision::Deny(Arc::new(refusal)),
+                        cache: CachePolicy::Never,
+                    }
                 };
                 self.gateway.bridge.respond(request_id, fallback);
                 Err(e)
@@ -181,7 +209,8 @@ impl Dataplane {
 
     /// Counters: sessions, statements, cache hits, Python decisions, denials.
     fn stats(&self) -> HashMap<&'static str, u64> {
-        let mut stats: HashMap<&'static str, u64> = self.gateway.stats.snapshot().into_iter().collect();
+        let mut stats: HashMap<&'static str, u64> =
+            self.gateway.stats.snapshot().into_iter().collect();
         stats.insert("cached_decisions", self.gateway.cache.len() as u64);
         stats.insert("cancel_keys", self.gateway.cancels.len() as u64);
         stats
@@ -202,16 +231,24 @@ impl Dataplane {
             if ok.extract::<bool>()? {
                 let scope = required(answer, "scope")?;
                 let scope = scope.downcast::<PyDict>()?;
-                return Ok(Answer::Authenticated(Ok(Admission { scope: self.convert_scope(scope)? })));
+                return Ok(Answer::Authenticated(Ok(Box::new(Admission {
+                    scope: self.convert_scope(scope)?,
+                }))));
             }
-            return Ok(Answer::Authenticated(Err(convert_refusal(answer, "28000")?)));
+            return Ok(Answer::Authenticated(Err(convert_refusal(
+                answer, "28000",
+            )?)));
         }
         let action: String = required(answer, "action")?.extract()?;
         let cache = match optional::<String>(answer, "cache")?.as_deref() {
             Some("fingerprint") => CachePolicy::Fingerprint,
             Some("text") => CachePolicy::Text,
             Some("none") | None => CachePolicy::Never,
-            Some(other) => return Err(PyValueError::new_err(format!("unknown cache policy {other:?}"))),
+            Some(other) => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown cache policy {other:?}"
+                )))
+            }
         };
         let decision = match action.as_str() {
             "allow" => Decision::Allow,
@@ -224,19 +261,27 @@ impl Dataplane {
     fn convert_scope(&self, scope: &Bound<'_, PyDict>) -> PyResult<Scope> {
         let upstream = required(scope, "upstream")?;
         let upstream = upstream.downcast::<PyDict>()?;
-        let tls = match required(upstream, "tls_mode")?.extract::<String>()?.as_str() {
+        let tls = match required(upstream, "tls_mode")?
+            .extract::<String>()?
+            .as_str()
+        {
             "disable" => UpstreamTls::Disable,
             "require" => UpstreamTls::Require,
             "verify-full" => UpstreamTls::VerifyFull,
             other => return Err(PyValueError::new_err(format!("unknown tls_mode {other:?}"))),
         };
         let startup_params: Vec<(String, String)> = match upstream.get_item("startup_params")? {
-            Some(p) if !p.is_none() => p.downcast::<PyDict>()?.iter().map(|(k, v)| Ok((k.extract()?, v.extract()?))).collect::<PyResult<_>>()?,
+            Some(p) if !p.is_none() => p
+                .downcast::<PyDict>()?
+                .iter()
+                .map(|(k, v)| Ok((k.extract()?, v.extract()?)))
+                .collect::<PyResult<_>>()?,
             _ => Vec::new(),
         };
         Ok(Scope {
             scope_key: Arc::from(required(scope, "scope_key")?.extract::<String>()?),
             identity: optional::<String>(scope, "identity")?.unwrap_or_default(),
+            setup_sql: optional::<String>(scope, "setup_sql")?.filter(|s| !s.trim().is_empty()),
             upstream: UpstreamTarget {
                 host: required(upstream, "host")?.extract()?,
                 port: required(upstream, "port")?.extract()?,
@@ -253,7 +298,8 @@ impl Dataplane {
 }
 
 fn required<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
-    d.get_item(key)?.ok_or_else(|| PyValueError::new_err(format!("answer lacks {key:?}")))
+    d.get_item(key)?
+        .ok_or_else(|| PyValueError::new_err(format!("answer lacks {key:?}")))
 }
 
 fn optional<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<T>> {
@@ -266,7 +312,8 @@ fn optional<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyR
 fn convert_refusal(d: &Bound<'_, PyDict>, default_sqlstate: &str) -> PyResult<Refusal> {
     Ok(Refusal {
         sqlstate: optional::<String>(d, "sqlstate")?.unwrap_or_else(|| default_sqlstate.to_owned()),
-        message: optional::<String>(d, "message")?.unwrap_or_else(|| "refused by pgward".to_owned()),
+        message: optional::<String>(d, "message")?
+            .unwrap_or_else(|| "refused by pgward".to_owned()),
         detail: optional(d, "detail")?,
         hint: optional(d, "hint")?,
     })

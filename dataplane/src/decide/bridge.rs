@@ -58,8 +58,11 @@ pub struct Admission {
 /// An answer from the decision service.
 #[derive(Debug, Clone)]
 pub enum Answer {
-    Authenticated(Result<Admission, Refusal>),
-    Decided { decision: Decision, cache: CachePolicy },
+    Authenticated(Result<Box<Admission>, Refusal>),
+    Decided {
+        decision: Decision,
+        cache: CachePolicy,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,17 +205,32 @@ mod tests {
         let taken = bridge.take();
         assert_eq!(taken.len(), 3);
         for (id, _) in taken {
-            assert!(bridge.respond(id, Answer::Decided { decision: Decision::Allow, cache: CachePolicy::Never }));
+            assert!(bridge.respond(
+                id,
+                Answer::Decided {
+                    decision: Decision::Allow,
+                    cache: CachePolicy::Never
+                }
+            ));
         }
         for a in askers {
-            assert!(matches!(a.await.unwrap(), Ok(Answer::Decided { decision: Decision::Allow, .. })));
+            assert!(matches!(
+                a.await.unwrap(),
+                Ok(Answer::Decided {
+                    decision: Decision::Allow,
+                    ..
+                })
+            ));
         }
     }
 
     #[tokio::test]
     async fn unanswered_requests_time_out() {
         let bridge = Bridge::new(Duration::from_millis(20)).unwrap();
-        assert!(matches!(bridge.ask(decide(1)).await, Err(BridgeError::Timeout(_))));
+        assert!(matches!(
+            bridge.ask(decide(1)).await,
+            Err(BridgeError::Timeout(_))
+        ));
         assert_eq!(bridge.pending(), 0);
     }
 }

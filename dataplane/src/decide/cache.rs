@@ -36,15 +36,25 @@ impl Default for DecisionCache {
 
 impl DecisionCache {
     pub fn with_capacity(capacity: usize) -> Self {
-        Self { scopes: RwLock::new(HashMap::new()), entries: AtomicUsize::new(0), capacity }
+        Self {
+            scopes: RwLock::new(HashMap::new()),
+            entries: AtomicUsize::new(0),
+            capacity,
+        }
     }
 
     pub fn get_text(&self, scope: &str, sql: &str) -> Option<Decision> {
-        self.scopes.read().get(scope).and_then(|s| s.by_text.get(sql).cloned())
+        self.scopes
+            .read()
+            .get(scope)
+            .and_then(|s| s.by_text.get(sql).cloned())
     }
 
     pub fn get_fingerprint(&self, scope: &str, fingerprint: u64) -> Option<Decision> {
-        self.scopes.read().get(scope).and_then(|s| s.by_fingerprint.get(&fingerprint).cloned())
+        self.scopes
+            .read()
+            .get(scope)
+            .and_then(|s| s.by_fingerprint.get(&fingerprint).cloned())
     }
 
     pub fn insert(
@@ -62,13 +72,15 @@ impl DecisionCache {
         }
         let entries = scopes.entry(Arc::clone(scope)).or_default();
         let added = match (policy, fingerprint) {
-            (CachePolicy::Fingerprint, Some(fp)) => {
-                entries.by_fingerprint.insert(fp, decision.clone()).is_none()
-            }
+            (CachePolicy::Fingerprint, Some(fp)) => entries
+                .by_fingerprint
+                .insert(fp, decision.clone())
+                .is_none(),
             // Without a fingerprint (the Rust parser failed) only the exact text can be reused.
-            (CachePolicy::Fingerprint | CachePolicy::Text, _) => {
-                entries.by_text.insert(sql.into(), decision.clone()).is_none()
-            }
+            (CachePolicy::Fingerprint | CachePolicy::Text, _) => entries
+                .by_text
+                .insert(sql.into(), decision.clone())
+                .is_none(),
             (CachePolicy::Never, _) => false,
         };
         if added {
@@ -104,8 +116,17 @@ mod tests {
     fn scopes_are_separate() {
         let cache = DecisionCache::default();
         let a: Arc<str> = Arc::from("alice:shop:1");
-        cache.insert(&a, "select 1", Some(7), CachePolicy::Fingerprint, &Decision::Allow);
-        assert_eq!(cache.get_fingerprint("alice:shop:1", 7), Some(Decision::Allow));
+        cache.insert(
+            &a,
+            "select 1",
+            Some(7),
+            CachePolicy::Fingerprint,
+            &Decision::Allow,
+        );
+        assert_eq!(
+            cache.get_fingerprint("alice:shop:1", 7),
+            Some(Decision::Allow)
+        );
         assert_eq!(cache.get_fingerprint("alice:shop:2", 7), None);
         assert_eq!(cache.get_text("alice:shop:1", "select 1"), None);
     }
@@ -114,10 +135,25 @@ mod tests {
     fn text_policy_and_never() {
         let cache = DecisionCache::default();
         let a: Arc<str> = Arc::from("s");
-        cache.insert(&a, "select set_config('role','x',false)", Some(9), CachePolicy::Text, &deny());
+        cache.insert(
+            &a,
+            "select set_config('role','x',false)",
+            Some(9),
+            CachePolicy::Text,
+            &deny(),
+        );
         assert_eq!(cache.get_fingerprint("s", 9), None);
-        assert_eq!(cache.get_text("s", "select set_config('role','x',false)"), Some(deny()));
-        cache.insert(&a, "select 2", Some(10), CachePolicy::Never, &Decision::Allow);
+        assert_eq!(
+            cache.get_text("s", "select set_config('role','x',false)"),
+            Some(deny())
+        );
+        cache.insert(
+            &a,
+            "select 2",
+            Some(10),
+            CachePolicy::Never,
+            &Decision::Allow,
+        );
         assert_eq!(cache.get_text("s", "select 2"), None);
         assert_eq!(cache.len(), 1);
     }

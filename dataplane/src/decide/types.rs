@@ -15,7 +15,12 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn new(sqlstate: &str, message: impl Into<String>) -> Self {
-        Self { sqlstate: sqlstate.to_owned(), message: message.into(), detail: None, hint: None }
+        Self {
+            sqlstate: sqlstate.to_owned(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 }
 
@@ -45,4 +50,7 @@ pub struct Scope {
     /// Who the session is, for logs.
     pub identity: String,
     pub upstream: UpstreamTarget,
+    /// SQL the gateway runs upstream before the client's first ReadyForQuery (SET ROLE, the
+    /// session context for row-level security, read-only mode). The client never sees it.
+    pub setup_sql: Option<String>,
 }

@@ -34,11 +34,11 @@ impl CancelRegistry {
             let pid = i32::try_from(rng.next_u32() >> 1).unwrap_or(1).max(1);
             let mut key = vec![0u8; key_len];
             rng.fill_bytes(&mut key);
-            let entry = (pid, key);
-            if !targets.contains_key(&entry) {
-                let issued = entry.clone();
-                targets.insert(entry, target);
-                return issued;
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                targets.entry((pid, key.clone()))
+            {
+                slot.insert(target);
+                return (pid, key);
             }
         }
     }

@@ -19,7 +19,9 @@ use super::gateway::Gateway;
 use crate::decide::bridge::{Answer, Request};
 use crate::decide::types::{Decision, Refusal, Scope};
 use crate::net::framing::{peek_header, FrameError};
-use crate::net::messages::{build_error, build_parse, build_query, parse_parse, parse_query, ErrorFields};
+use crate::net::messages::{
+    build_error, build_parse, build_query, parse_parse, parse_query, ErrorFields,
+};
 use crate::net::sqlstate;
 
 /// Read at least this much at a time; small enough to keep 1,000 idle sessions cheap.
@@ -33,7 +35,9 @@ pub enum End {
     /// The client said Terminate or closed its socket.
     ClientClosed,
     /// The server closed; `fatal_sent` says whether the client already saw the server's FATAL.
-    ServerClosed { fatal_sent: bool },
+    ServerClosed {
+        fatal_sent: bool,
+    },
     /// The client broke the protocol: tell it (08P01) and close.
     ClientProtocol(String),
     ServerProtocol(String),
@@ -201,18 +205,26 @@ impl<'a> Relay<'a> {
         let tag = frame.first().copied().unwrap_or_default();
         let body = frame.get(5..).unwrap_or_default();
         let (sql, parse_name) = if tag == b'Q' {
-            (parse_query(body).map_err(|e| format!("malformed Query message: {e}"))?, None)
+            (
+                parse_query(body).map_err(|e| format!("malformed Query message: {e}"))?,
+                None,
+            )
         } else {
             let p = parse_parse(body).map_err(|e| format!("malformed Parse message: {e}"))?;
             (p.sql, Some(p.name))
         };
-        let decision = self.decide(sql, if tag == b'Q' { "query" } else { "parse" }).await;
+        let decision = self
+            .decide(sql, if tag == b'Q' { "query" } else { "parse" })
+            .await;
         match decision {
             Decision::Allow => Ok(None),
             Decision::Deny(refusal) => {
                 self.gw.stats.denials.fetch_add(1, Ordering::Relaxed);
                 let segment = self.shared.segments_sent.load(Ordering::Acquire);
-                self.shared.denials.lock().push_back(PendingDenial { segment, refusal });
+                self.shared
+                    .denials
+                    .lock()
+                    .push_back(PendingDenial { segment, refusal });
                 self.shared.denial_count.fetch_add(1, Ordering::AcqRel);
                 let substitute = match parse_name {
                     None => build_query(&self.shared.marker),
@@ -238,7 +250,9 @@ impl<'a> Relay<'a> {
         let fingerprint = pg_query::fingerprint(sql).ok().map(|f| f.value);
         if let Some(fp) = fingerprint {
             if let Some(d) = gw.cache.get_fingerprint(scope_key, fp) {
-                gw.stats.cache_hits_fingerprint.fetch_add(1, Ordering::Relaxed);
+                gw.stats
+                    .cache_hits_fingerprint
+                    .fetch_add(1, Ordering::Relaxed);
                 return d;
             }
         }
@@ -252,10 +266,13 @@ impl<'a> Relay<'a> {
         };
         match gw.bridge.ask(request).await {
             Ok(Answer::Decided { decision, cache }) => {
-                gw.cache.insert(scope_key, sql, fingerprint, cache, &decision);
+                gw.cache
+                    .insert(scope_key, sql, fingerprint, cache, &decision);
                 decision
             }
-            Ok(Answer::Authenticated(_)) => fail_closed("the decision service answered the wrong question"),
+            Ok(Answer::Authenticated(_)) => {
+                fail_closed("the decision service answered the wrong question")
+            }
             Err(e) => fail_closed(&e.to_string()),
         }
     }
@@ -359,7 +376,13 @@ impl<'a> Relay<'a> {
         };
         self.shared.denial_count.fetch_sub(1, Ordering::AcqRel);
         let r = &denial.refusal;
-        build_error("ERROR", &r.sqlstate, &r.message, r.detail.as_deref(), r.hint.as_deref())
+        build_error(
+            "ERROR",
+            &r.sqlstate,
+            &r.message,
+            r.detail.as_deref(),
+            r.hint.as_deref(),
+        )
     }
 }
 
@@ -377,7 +400,10 @@ fn frame_error_text(e: &FrameError) -> String {
 }
 
 /// Write the collected segments with one write call when there is more than one small piece.
-async fn write_segments<W: AsyncWrite + Unpin>(w: &mut W, out: &mut Vec<Bytes>) -> std::io::Result<()> {
+async fn write_segments<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    out: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
     match out.len() {
         0 => return Ok(()),
         1 => {

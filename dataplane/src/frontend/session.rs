@@ -18,8 +18,9 @@ use crate::backend::{self, BackendError};
 use crate::decide::bridge::{Answer, Request};
 use crate::decide::types::Refusal;
 use crate::net::messages::{
-    auth_cleartext_password, auth_ok, build_backend_key_data, build_error, build_negotiate_protocol_version,
-    build_parameter_status, build_ready_for_query, parse_password,
+    auth_cleartext_password, auth_ok, build_backend_key_data, build_error,
+    build_negotiate_protocol_version, build_parameter_status, build_query, build_ready_for_query,
+    parse_parameter_status, parse_password, ErrorFields,
 };
 use crate::net::reader::read_frame;
 use crate::net::sqlstate;
@@ -43,7 +44,8 @@ pub async fn run(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     let _active = ActiveGuard(&gw);
     let session_id = gw.next_session_id();
 
-    let opened = tokio::time::timeout(gw.config.startup_timeout, startup::open(&gw, tcp, peer)).await;
+    let opened =
+        tokio::time::timeout(gw.config.startup_timeout, startup::open(&gw, tcp, peer)).await;
     let info = match opened {
         Ok(Ok(Opening::Session(info))) => info,
         Ok(Ok(Opening::Done)) | Err(_) => return,
@@ -57,23 +59,47 @@ pub async fn run(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     gw.bridge.tell(Request::SessionEnd { session_id, reason });
 }
 
-async fn fatal<W: AsyncWrite + Unpin>(w: &mut W, sqlstate: &str, message: &str, detail: Option<&str>, hint: Option<&str>) {
-    let _ = w.write_all(&build_error("FATAL", sqlstate, message, detail, hint)).await;
+async fn fatal<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    sqlstate: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) {
+    let _ = w
+        .write_all(&build_error("FATAL", sqlstate, message, detail, hint))
+        .await;
     let _ = w.flush().await;
     let _ = w.shutdown().await;
 }
 
 async fn refuse(stream: &mut ClientStream, r: &Refusal) -> String {
-    fatal(stream, &r.sqlstate, &r.message, r.detail.as_deref(), r.hint.as_deref()).await;
+    fatal(
+        stream,
+        &r.sqlstate,
+        &r.message,
+        r.detail.as_deref(),
+        r.hint.as_deref(),
+    )
+    .await;
     format!("refused: {} {}", r.sqlstate, r.message)
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 async fn serve(gw: &Arc<Gateway>, session_id: u64, info: StartupInfo, peer: SocketAddr) -> String {
-    let StartupInfo { mut stream, major, minor, params, mut buf } = info;
+    let StartupInfo {
+        mut stream,
+        major,
+        minor,
+        params,
+        mut buf,
+    } = info;
     if major != 3 {
         let r = Refusal::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -82,8 +108,15 @@ async fn serve(gw: &Arc<Gateway>, session_id: u64, info: StartupInfo, peer: Sock
         return refuse(&mut stream, &r).await;
     }
     // `_pq_.` options are protocol extensions; pgward implements none, so it names them back.
-    let unsupported: Vec<String> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
-    let params: Vec<(String, String)> = params.into_iter().filter(|(k, _)| !k.starts_with("_pq_.")).collect();
+    let unsupported: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let params: Vec<(String, String)> = params
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("_pq_."))
+        .collect();
     let mut hello = BytesMut::new();
     if minor > NEWEST_MINOR || !unsupported.is_empty() {
         // The newest version as a whole protocol number (major << 16 | minor), as PostgreSQL sends it.
@@ -93,12 +126,18 @@ async fn serve(gw: &Arc<Gateway>, session_id: u64, info: StartupInfo, peer: Sock
     let key_len = if minor >= 2 { 32 } else { 4 };
 
     let Some(user) = param(&params, "user").map(str::to_owned) else {
-        let r = Refusal::new(sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet");
+        let r = Refusal::new(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        );
         return refuse(&mut stream, &r).await;
     };
     let database = param(&params, "database").unwrap_or(&user).to_owned();
     if param(&params, "replication").is_some_and(|v| !matches!(v, "false" | "off" | "0" | "no")) {
-        let r = Refusal::new(sqlstate::FEATURE_NOT_SUPPORTED, "replication connections are not supported through pgward");
+        let r = Refusal::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported through pgward",
+        );
         return refuse(&mut stream, &r).await;
     }
 
@@ -112,7 +151,10 @@ async fn serve(gw: &Arc<Gateway>, session_id: u64, info: StartupInfo, peer: Sock
         Ok(Some(f)) => f,
         Ok(None) => return "client closed before authenticating".into(),
         Err(e) => {
-            let r = Refusal::new(sqlstate::PROTOCOL_VIOLATION, format!("invalid password message: {e}"));
+            let r = Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid password message: {e}"),
+            );
             return refuse(&mut stream, &r).await;
         }
     };
@@ -123,7 +165,10 @@ async fn serve(gw: &Arc<Gateway>, session_id: u64, info: StartupInfo, peer: Sock
     let password = match parse_password(frame.get(5..).unwrap_or_default()) {
         Ok(p) => p,
         Err(e) => {
-            let r = Refusal::new(sqlstate::PROTOCOL_VIOLATION, format!("invalid password message: {e}"));
+            let r = Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid password message: {e}"),
+            );
             return refuse(&mut stream, &r).await;
         }
     };
@@ -150,14 +195,32 @@ async fn serve(gw: &Arc<Gateway>, session_id: u64, info: StartupInfo, peer: Sock
     };
 
     let upstream = match backend::connect(&scope.upstream).await {
-        Ok(u) => u,
+        Ok(mut u) => match &scope.setup_sql {
+            None => u,
+            Some(sql) => match run_setup(&mut u, sql, gw.config.max_message_size).await {
+                Ok(()) => u,
+                Err(detail) => {
+                    let r = Refusal {
+                        sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE.into(),
+                        message: "pgward could not establish the session's scope on the target".into(),
+                        detail: Some(detail),
+                        hint: Some("the connection's policy names a role or setting the target refused; tell the pgward operator".into()),
+                    };
+                    return refuse(&mut stream, &r).await;
+                }
+            },
+        },
         Err(e) => {
             let detail = upstream_detail(&e);
             let r = Refusal {
                 sqlstate: sqlstate::CONNECTION_FAILURE.into(),
-                message: format!("pgward could not connect to the database of connection \"{database}\""),
+                message: format!(
+                    "pgward could not connect to the database of connection \"{database}\""
+                ),
                 detail: Some(detail),
-                hint: Some("the target database may be down; try again, or ask the pgward operator".into()),
+                hint: Some(
+                    "the target database may be down; try again, or ask the pgward operator".into(),
+                ),
             };
             return refuse(&mut stream, &r).await;
         }
@@ -196,7 +259,11 @@ async fn relay_session(
     hello.put_slice(&build_backend_key_data(pid, key));
     hello.put_slice(&build_ready_for_query(b'I'));
 
-    let backend::Upstream { stream: server, read_buf: server_buf, .. } = upstream;
+    let backend::Upstream {
+        stream: server,
+        read_buf: server_buf,
+        ..
+    } = upstream;
     let (mut client_read, mut client_write) = tokio::io::split(stream);
     let (mut server_read, mut server_write) = tokio::io::split(server);
     if client_write.write_all(&hello).await.is_err() || client_write.flush().await.is_err() {
@@ -204,7 +271,14 @@ async fn relay_session(
     }
     let relay = Relay::new(gw, session_id, scope);
     let end = relay
-        .run(&mut client_read, &mut client_write, &mut server_read, &mut server_write, client_buf, server_buf)
+        .run(
+            &mut client_read,
+            &mut client_write,
+            &mut server_read,
+            &mut server_write,
+            client_buf,
+            server_buf,
+        )
         .await;
     match end {
         End::ClientClosed => {
@@ -228,22 +302,84 @@ async fn relay_session(
         }
         End::ClientProtocol(reason) => {
             gw.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            fatal(&mut client_write, sqlstate::PROTOCOL_VIOLATION, &reason, None, None).await;
+            fatal(
+                &mut client_write,
+                sqlstate::PROTOCOL_VIOLATION,
+                &reason,
+                None,
+                None,
+            )
+            .await;
             let _ = server_write.shutdown().await;
             format!("client protocol violation: {reason}")
         }
         End::ServerProtocol(reason) => {
-            fatal(&mut client_write, sqlstate::CONNECTION_FAILURE, "the target database broke the protocol", Some(&reason), None).await;
+            fatal(
+                &mut client_write,
+                sqlstate::CONNECTION_FAILURE,
+                "the target database broke the protocol",
+                Some(&reason),
+                None,
+            )
+            .await;
             format!("target protocol violation: {reason}")
         }
         End::Io(e) => format!("I/O error: {e}"),
     }
 }
 
+/// Run the scope's setup SQL upstream and consume its results up to ReadyForQuery. Parameter
+/// changes it causes are folded into what the client will be told.
+async fn run_setup(upstream: &mut backend::Upstream, sql: &str, max: usize) -> Result<(), String> {
+    upstream
+        .stream
+        .write_all(&build_query(sql))
+        .await
+        .map_err(|e| e.to_string())?;
+    upstream.stream.flush().await.map_err(|e| e.to_string())?;
+    let mut error: Option<String> = None;
+    loop {
+        let frame = match read_frame(&mut upstream.stream, &mut upstream.read_buf, max).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err("the target closed the connection during session setup".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let body = frame.get(5..).unwrap_or_default();
+        match frame.first() {
+            Some(b'E') => {
+                let fields = ErrorFields::parse(body).map_err(|e| e.to_string())?;
+                error.get_or_insert_with(|| {
+                    format!(
+                        "{}: {}",
+                        fields.sqlstate().unwrap_or("?????"),
+                        fields.message().unwrap_or("error")
+                    )
+                });
+            }
+            Some(b'S') => {
+                if let Ok((name, value)) = parse_parameter_status(body) {
+                    match upstream.parameters.iter_mut().find(|(n, _)| n == name) {
+                        Some(entry) => entry.1 = value.to_owned(),
+                        None => upstream
+                            .parameters
+                            .push((name.to_owned(), value.to_owned())),
+                    }
+                }
+            }
+            Some(b'Z') => return error.map_or(Ok(()), Err),
+            _ => {}
+        }
+    }
+}
+
 fn upstream_detail(e: &BackendError) -> String {
     match e {
         BackendError::Server(fields) => {
-            format!("{}: {}", fields.sqlstate().unwrap_or("?????"), fields.message().unwrap_or("error"))
+            format!(
+                "{}: {}",
+                fields.sqlstate().unwrap_or("?????"),
+                fields.message().unwrap_or("error")
+            )
         }
         other => other.to_string(),
     }

@@ -37,7 +37,11 @@ pub enum Opening {
 
 /// A startup that ends without a session; `Refused` still holds the stream to explain on.
 pub enum StartupError {
-    Refused { stream: Option<Box<ClientStream>>, sqlstate: &'static str, message: String },
+    Refused {
+        stream: Option<Box<ClientStream>>,
+        sqlstate: &'static str,
+        message: String,
+    },
     Io(std::io::Error),
 }
 
@@ -47,15 +51,30 @@ impl From<std::io::Error> for StartupError {
     }
 }
 
-fn refuse(stream: ClientStream, sqlstate: &'static str, message: impl Into<String>) -> StartupError {
-    StartupError::Refused { stream: Some(Box::new(stream)), sqlstate, message: message.into() }
+fn refuse(
+    stream: ClientStream,
+    sqlstate: &'static str,
+    message: impl Into<String>,
+) -> StartupError {
+    StartupError::Refused {
+        stream: Some(Box::new(stream)),
+        sqlstate,
+        message: message.into(),
+    }
 }
 
 impl StartupError {
     /// Tell the client why (a FATAL ErrorResponse) when there is still a stream to tell it on.
     pub async fn report(self) {
-        if let Self::Refused { stream: Some(mut stream), sqlstate, message } = self {
-            let _ = stream.write_all(&build_error("FATAL", sqlstate, &message, None, None)).await;
+        if let Self::Refused {
+            stream: Some(mut stream),
+            sqlstate,
+            message,
+        } = self
+        {
+            let _ = stream
+                .write_all(&build_error("FATAL", sqlstate, &message, None, None))
+                .await;
             let _ = stream.flush().await;
             let _ = stream.shutdown().await;
         }
@@ -75,7 +94,11 @@ async fn accept_tls(gw: &Gateway, tcp: TcpStream) -> Result<ClientStream, Startu
 }
 
 /// Run the startup phase until a StartupMessage (or a handled cancel).
-pub async fn open(gw: &Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) -> Result<Opening, StartupError> {
+pub async fn open(
+    gw: &Arc<Gateway>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Opening, StartupError> {
     let mut first = [0u8; 1];
     let n = tcp.peek(&mut first).await?;
     if n == 0 {
@@ -113,7 +136,11 @@ pub async fn open(gw: &Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) -> Result
         let packet = match parse_startup(&frame) {
             Ok(p) => p,
             Err(e) => {
-                return Err(refuse(stream, sqlstate::PROTOCOL_VIOLATION, format!("invalid startup packet: {e}")))
+                return Err(refuse(
+                    stream,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid startup packet: {e}"),
+                ))
             }
         };
         match packet {
@@ -121,7 +148,11 @@ pub async fn open(gw: &Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) -> Result
                 let mut tcp = match stream {
                     ClientStream::Plain(tcp) => tcp,
                     tls @ ClientStream::Tls(_) => {
-                        return Err(refuse(tls, sqlstate::PROTOCOL_VIOLATION, "SSLRequest inside TLS"))
+                        return Err(refuse(
+                            tls,
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "SSLRequest inside TLS",
+                        ))
                     }
                 };
                 if !buf.is_empty() {
@@ -143,7 +174,11 @@ pub async fn open(gw: &Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) -> Result
             }
             StartupPacket::GssEncRequest => {
                 if stream.is_tls() {
-                    return Err(refuse(stream, sqlstate::PROTOCOL_VIOLATION, "GSSENCRequest inside TLS"));
+                    return Err(refuse(
+                        stream,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "GSSENCRequest inside TLS",
+                    ));
                 }
                 stream.write_all(b"N").await?;
             }
@@ -166,17 +201,27 @@ pub async fn open(gw: &Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) -> Result
                 let _ = stream.shutdown().await;
                 return Ok(Opening::Done);
             }
-            StartupPacket::Startup { major, minor, params } => {
-                if !stream.is_tls() && !(gw.config.allow_plaintext && peer.ip().is_loopback()) {
+            StartupPacket::Startup {
+                major,
+                minor,
+                params,
+            } => {
+                let plaintext_ok = gw.config.allow_plaintext && peer.ip().is_loopback();
+                if !(stream.is_tls() || plaintext_ok) {
                     return Err(refuse(
                         stream,
                         sqlstate::INVALID_AUTHORIZATION,
                         "pgward requires TLS: connect with sslmode=verify-full (or require)",
                     ));
                 }
-                return Ok(Opening::Session(StartupInfo { stream, major, minor, params, buf }));
+                return Ok(Opening::Session(StartupInfo {
+                    stream,
+                    major,
+                    minor,
+                    params,
+                    buf,
+                }));
             }
         }
     }
 }
-

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 import structlog
 import uvicorn
 
+from control_plane.api import metrics
 from control_plane.api.app import create_app
+from control_plane.api.metrics import registry_for
 from control_plane.config import ConfigError, Settings
 from control_plane.dataplane import Dataplane
 from control_plane.identity.api_keys import default_verifier
@@ -106,6 +108,8 @@ async def serve(
 
                 checks.append(dataplane_ready)
             app = create_app(settings, sessionmaker, verifier=verifier, readiness_checks=checks)
+            app.state.metrics_registry = registry_for(dataplane.stats if dataplane is not None else None)
+            app.include_router(metrics.router)
             host, port = _split_listen(settings.api_listen)
             config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
             api_server = _EmbeddedServer(config)

@@ -99,3 +99,24 @@ def test_deny_list_applies_to_other_kinds(conn: psycopg.Connection) -> None:
         conn.execute("alter system set work_mem = '8MB'")
     with pytest.raises(errors.InsufficientPrivilege, match="DROP DATABASE"):
         conn.execute("drop database shop")
+
+
+def proxy_metric(gateway: Gateway, name: str) -> float:
+    import httpx
+
+    text = httpx.get(f"{gateway.api_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f"pgward_proxy_{name} ") or line.startswith(f"pgward_proxy_{name}_total "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics:\n{text}")
+
+
+def test_repeated_statements_cost_no_python_call(gateway: Gateway, conn: psycopg.Connection) -> None:
+    # Same shape, different constants: one Python decision, then fingerprint cache hits.
+    conn.execute("select name from shop.customers where id = 1 /* warm */")
+    before = proxy_metric(gateway, "python_decisions")
+    hits_before = proxy_metric(gateway, "cache_hits_fingerprint")
+    for i in range(2, 52):
+        conn.execute(f"select name from shop.customers where id = {i} /* warm */")
+    assert proxy_metric(gateway, "python_decisions") == before
+    assert proxy_metric(gateway, "cache_hits_fingerprint") >= hits_before + 50

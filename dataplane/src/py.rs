@@ -19,6 +19,7 @@ use crate::backend::UpstreamTarget;
 use crate::decide::bridge::{Admission, Answer, Request};
 use crate::decide::types::{CachePolicy, Decision, Refusal, Scope};
 use crate::decide::Bridge;
+use crate::frontend::workers::Workers;
 use crate::frontend::{listener, Gateway, GatewayConfig};
 use crate::net::framing::DEFAULT_MAX_MESSAGE;
 use crate::net::tls::{server_config, UpstreamTls};
@@ -28,6 +29,7 @@ use crate::net::tls::{server_config, UpstreamTls};
 pub struct Dataplane {
     gateway: Arc<Gateway>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    workers: Mutex<Option<Arc<Workers>>>,
     local_addr: Mutex<Option<SocketAddr>>,
     worker_threads: usize,
     connect_timeout: Duration,
@@ -84,6 +86,7 @@ impl Dataplane {
             connect_timeout: config.connect_timeout,
             gateway: Arc::new(Gateway::new(config, tls, Arc::new(bridge))),
             runtime: Mutex::new(None),
+            workers: Mutex::new(None),
             local_addr: Mutex::new(None),
             worker_threads,
         })
@@ -95,14 +98,20 @@ impl Dataplane {
         if runtime_slot.is_some() {
             return Err(PyRuntimeError::new_err("the data plane is already running"));
         }
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all().thread_name("pgward-dataplane");
-        if self.worker_threads > 0 {
-            builder.worker_threads(self.worker_threads);
-        }
-        let runtime = builder
+        // One small runtime for the listener and cancel requests; sessions run on their own threads.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .thread_name("pgward-listener")
             .build()
             .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let threads = if self.worker_threads > 0 {
+            self.worker_threads
+        } else {
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        };
+        let workers =
+            Arc::new(Workers::start(threads).map_err(|e| PyOSError::new_err(e.to_string()))?);
         let gw = Arc::clone(&self.gateway);
         let listener = py
             .allow_threads(|| runtime.block_on(listener::bind(&gw)))
@@ -112,7 +121,8 @@ impl Dataplane {
         let addr = listener
             .local_addr()
             .map_err(|e| PyOSError::new_err(e.to_string()))?;
-        runtime.spawn(listener::serve(gw, listener));
+        runtime.spawn(listener::serve(gw, listener, Arc::clone(&workers)));
+        *self.workers.lock() = Some(workers);
         *self.local_addr.lock() = Some(addr);
         *runtime_slot = Some(runtime);
         Ok(addr.to_string())
@@ -219,9 +229,16 @@ impl Dataplane {
     /// Stop listening and close every session.
     fn stop(&self, py: Python<'_>) {
         self.gateway.bridge.close();
-        if let Some(runtime) = self.runtime.lock().take() {
-            py.allow_threads(|| runtime.shutdown_timeout(Duration::from_secs(5)));
-        }
+        let runtime = self.runtime.lock().take();
+        let workers = self.workers.lock().take();
+        py.allow_threads(|| {
+            if let Some(runtime) = runtime {
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            }
+            if let Some(workers) = workers {
+                workers.stop();
+            }
+        });
     }
 }
 

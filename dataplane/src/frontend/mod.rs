@@ -7,5 +7,6 @@ pub mod relay;
 pub mod session;
 pub mod startup;
 pub mod stream;
+pub mod workers;
 
 pub use gateway::{Gateway, GatewayConfig, Stats};

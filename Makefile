@@ -7,7 +7,7 @@ PIP         := $(VENV)/bin/pip
 STATE_DIR   ?= .state/demo
 PYTEST_ARGS ?=
 
-.PHONY: build run test test-python test-rust bench lint system-deps clean
+.PHONY: build run test test-python test-oidc-deps test-rust bench lint system-deps clean
 
 system-deps:
 	@bash scripts/system-deps.sh
@@ -28,7 +28,11 @@ test: build test-rust test-python
 test-rust:
 	cargo test -p pgward-dataplane --quiet
 
-test-python:
+# The real OIDC provider the identity tests run (panva/oidc-provider, pinned by its package-lock.json).
+test-oidc-deps:
+	cd tests/oidc/provider && npm ci --no-audit --no-fund --loglevel=error
+
+test-python: test-oidc-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: build

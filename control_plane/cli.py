@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -129,6 +130,110 @@ def demo(state_dir: StateDir = None) -> None:
     from control_plane.demo.run import main
 
     main(state_dir if state_dir is not None else _settings().state_dir)
+
+
+CaFile = Annotated[
+    str | None,
+    typer.Option("--ca-file", envvar="PGWARD_LOGIN_CA_FILE", help="PEM CA bundle for the issuer's TLS."),
+]
+
+
+@app.command()
+def login(
+    issuer: Annotated[str, typer.Option("--issuer", envvar="PGWARD_LOGIN_ISSUER", help="OIDC issuer URL.")],
+    client_id: Annotated[
+        str,
+        typer.Option("--client-id", envvar="PGWARD_LOGIN_CLIENT_ID", help="OAuth client of pgward's CLI."),
+    ] = "pgward-cli",
+    scope: Annotated[str, typer.Option(help="Scopes to request.")] = "openid offline_access profile groups",
+    ca_file: CaFile = None,
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Print the URL instead of opening it.")
+    ] = False,
+) -> None:
+    """Log in to an OIDC issuer (device flow, else authorization code + PKCE) and cache the tokens."""
+    from control_plane.identity import login as flows
+
+    def prompt(p: flows.DevicePrompt) -> None:
+        err.print(f"To log in, open {p.verification_uri} and enter the code {p.user_code}", highlight=False)
+        if p.verification_uri_complete:
+            err.print(f"or open {p.verification_uri_complete}", highlight=False)
+
+    def open_url(url: str) -> None:
+        err.print(f"To log in, open this URL in a browser:\n{url}", highlight=False, soft_wrap=True)
+        if not no_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    try:
+        discovery = flows.discover(issuer, ca_file)
+        if discovery.get("device_authorization_endpoint"):
+            answer = flows.device_flow(discovery, client_id, scope, ca_file=ca_file, prompt=prompt)
+        elif discovery.get("authorization_endpoint"):
+            answer = flows.pkce_flow(discovery, client_id, scope, ca_file=ca_file, open_url=open_url)
+        else:
+            _fail(f"{issuer} offers neither the device flow nor an authorization endpoint", EXIT_FAILED)
+        entry = flows.TokenCache().store(issuer, client_id, ca_file, answer)
+    except flows.LoginError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    claims = flows.unverified_claims(entry["token"])
+    who = claims.get("preferred_username") or claims.get("sub") or "?"
+    where = flows.tokens_path()
+    err.print(f"logged in to {issuer} as [bold]{who}[/]; tokens cached in {where}", highlight=False)
+
+
+@app.command()
+def token(
+    issuer: Annotated[
+        str | None, typer.Option("--issuer", help="Issuer to use (default: the last one logged in to).")
+    ] = None,
+) -> None:
+    """Print a valid token for PGPASSWORD, refreshing it when it has expired."""
+    from control_plane.identity.login import LoginError, TokenCache
+
+    try:
+        value = TokenCache().token(issuer)
+    except LoginError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    sys.stdout.write(value + "\n")
+
+
+@app.command()
+def connect(
+    connection: Annotated[str, typer.Argument(help="The pgward connection (the database name).")],
+    host: Annotated[str, typer.Option(envvar="PGWARD_CONNECT_HOST", help="Gateway host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PGWARD_CONNECT_PORT", help="Gateway port.")] = 6543,
+    sslrootcert: Annotated[
+        str | None,
+        typer.Option(envvar="PGWARD_CONNECT_SSLROOTCERT", help="CA of the gateway's certificate."),
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="User name (default: the token's username).")] = None,
+    issuer: Annotated[str | None, typer.Option("--issuer", help="Issuer whose token to use.")] = None,
+    psql: Annotated[str, typer.Option(envvar="PGWARD_PSQL", help="The psql program.")] = "psql",
+) -> None:
+    """Start psql through the gateway with the cached token as the password (sslmode=verify-full)."""
+    import shutil
+
+    from control_plane.identity.login import LoginError, TokenCache, unverified_claims
+
+    try:
+        value = TokenCache().token(issuer)
+    except LoginError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    claims = unverified_claims(value)
+    name = user or claims.get("preferred_username") or claims.get("sub")
+    if not name:
+        _fail("the token names no user; pass --user", EXIT_CONFIG)
+    program = shutil.which(psql)
+    if program is None:
+        _fail(f"{psql} is not on PATH", EXIT_CONFIG)
+    conninfo = f"host={host} port={port} dbname={connection} user={name} sslmode=verify-full"
+    # verify-full with libpq's default root file when no CA is given is what a public gateway needs.
+    conninfo += f" sslrootcert={sslrootcert}" if sslrootcert else " sslrootcert=system"
+    # The token goes through the environment of the new process only, never its command line.
+    env = {**os.environ, "PGPASSWORD": value}
+    os.execve(program, [program, conninfo], env)  # noqa: S606  # psql replaces this process, as intended
 
 
 @identities_app.command("create")
@@ -275,6 +380,12 @@ def connections_list(state_dir: StateDir = None, database_url: DatabaseUrl = Non
     for row in _run_store(settings, work):
         table.add_row(*row)
     out.print(table)
+
+
+# plan, apply, policy test, policy schema (control_plane/policy/cli.py).
+from control_plane.policy.cli import register as _register_policy_commands  # noqa: E402
+
+_register_policy_commands(app)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -34,6 +34,56 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+class ServiceSubject(BaseModel):
+    """Maps tokens whose `sub` matches a glob (`subject`) or regex (`subject_regex`) to a service identity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subject: str | None = None
+    subject_regex: str | None = None
+    identity: str = Field(min_length=1, max_length=128)
+    # None: the groups of the stored service identity of that name, else the token's groups claim.
+    groups: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_pattern(self) -> ServiceSubject:
+        if (self.subject is None) == (self.subject_regex is None):
+            raise ValueError("give exactly one of `subject` (a glob) and `subject_regex`")
+        if self.subject_regex is not None:
+            import re
+
+            try:
+                re.compile(self.subject_regex)
+            except re.error as exc:
+                raise ValueError(f"subject_regex does not compile: {exc}") from None
+        return self
+
+
+class OidcIssuer(BaseModel):
+    """One trusted OpenID Connect issuer (an entry of PGWARD_OIDC_ISSUERS)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    groups_claim: str = "groups"
+    username_claim: str = "preferred_username"
+    ca_file: Path | None = None
+    service_subjects: tuple[ServiceSubject, ...] = ()
+
+    @field_validator("issuer", mode="after")
+    @classmethod
+    def _https_unless_loopback(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        url = urlsplit(value)
+        # Plain HTTP would let anyone on the path swap the signing keys; loopback is for development.
+        loopback = url.hostname in ("127.0.0.1", "localhost", "::1")
+        if url.scheme != "https" and not (url.scheme == "http" and loopback):
+            raise ValueError(f"issuer {value!r} must be an https:// URL (http:// only on loopback)")
+        return value
+
+
 class Settings(BaseSettings):
     """Every pgward setting; `PGWARD_<FIELD>` in the environment overrides the default."""
 
@@ -51,9 +101,27 @@ class Settings(BaseSettings):
     max_message_size: int = 128 * MiB
     deny_statements: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_groups: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["admins"])
+    approver_groups: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["approvers"])
+    auditor_groups: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auditors"])
     public_url: str | None = None
+    # Seconds between checks for policy changes made by other pgward processes (same process: at once).
+    policy_poll_interval: float = Field(default=2.0, gt=0, le=300)
+    # JSON list of OidcIssuer objects.
+    oidc_issuers: list[OidcIssuer] = Field(default_factory=list)
+    oidc_clock_skew: float = Field(default=60.0, ge=0, le=600)
+    # An unknown `kid` refetches an issuer's JWKS at most once per this many seconds.
+    oidc_jwks_refresh_interval: float = Field(default=30.0, ge=0)
+    oidc_http_timeout: float = Field(default=5.0, gt=0)
+    # Failed logins from one client address: no delay for the first `grace` failures, then
+    # base * 2^k seconds before each answer, at most `max`; the failure count halves every `halflife`.
+    login_throttle_grace: int = Field(default=2, ge=0)
+    login_throttle_base: float = Field(default=0.25, ge=0)
+    login_throttle_max: float = Field(default=5.0, ge=0, le=25)
+    login_throttle_halflife: float = Field(default=60.0, gt=0)
 
-    _split_lists = field_validator("deny_statements", "admin_groups", mode="before")(_split_list)
+    _split_lists = field_validator(
+        "deny_statements", "admin_groups", "approver_groups", "auditor_groups", mode="before"
+    )(_split_list)
 
     @field_validator("state_dir", mode="after")
     @classmethod

@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
-from control_plane.api import connections, health, service_identities
+from control_plane.api import connections, decisions, health, me, policies, service_identities
 from control_plane.api.health import ReadinessCheck
 from control_plane.api.problems import register_problem_handlers
 from control_plane.config import Settings
@@ -54,4 +54,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(connections.router)
     app.include_router(service_identities.router)
+    app.include_router(policies.router)
+    app.include_router(decisions.router)
+    app.include_router(me.router)
     return app

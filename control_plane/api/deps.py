@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -17,7 +17,9 @@ from control_plane.identity.service_identities import ServiceIdentityService
 from control_plane.store.crypto import SecretBox
 from control_plane.store.db import SessionMaker
 
-_bearer = HTTPBearer(auto_error=False, description="A pgward API key (pgw_…) of an admin identity")
+_bearer = HTTPBearer(
+    auto_error=False, description="An OIDC token from a configured issuer, or a pgward API key (pgw_…)"
+)
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -61,7 +63,9 @@ async def get_current_identity(
 ) -> Identity:
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or not credentials.credentials:
-        raise Unauthorized("an Authorization: Bearer <pgward API key> header is required", headers=challenge)
+        raise Unauthorized(
+            "an Authorization: Bearer <OIDC token or pgward API key> header is required", headers=challenge
+        )
     try:
         return await verifier.verify(None, credentials.credentials)
     except AuthError as exc:
@@ -74,16 +78,43 @@ async def get_current_identity(
 CurrentIdentity = Annotated[Identity, Depends(get_current_identity)]
 
 
-async def require_admin(identity: CurrentIdentity, settings: SettingsDep) -> Identity:
-    if not set(identity.groups) & set(settings.admin_groups):
-        raise Forbidden(
-            f'"{identity.username}" may not administer pgward: it needs one of the groups '
-            f"{', '.join(settings.admin_groups)}"
-        )
-    return identity
+ROLES = ("admin", "approver", "auditor")
 
+
+def role_groups(settings: Settings, role: str) -> list[str]:
+    return {
+        "admin": settings.admin_groups,
+        "approver": settings.approver_groups,
+        "auditor": settings.auditor_groups,
+    }[role]
+
+
+def roles_of(identity: Identity, settings: Settings) -> list[str]:
+    """The pgward roles an identity holds through its groups (an agent's own groups, never its person's)."""
+    groups = set(identity.groups)
+    return [role for role in ROLES if groups & set(role_groups(settings, role))]
+
+
+def _require(role: str, doing: str) -> Callable[[Identity, Settings], Awaitable[Identity]]:
+    async def dependency(identity: CurrentIdentity, settings: SettingsDep) -> Identity:
+        if role not in roles_of(identity, settings):
+            raise Forbidden(
+                f'"{identity.username}" may not {doing}: it needs one of the groups '
+                f"{', '.join(role_groups(settings, role)) or '(none configured)'}"
+            )
+        return identity
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+require_admin = _require("admin", "administer pgward")
+require_approver = _require("approver", "approve or deny requests")
+require_auditor = _require("auditor", "read the audit log")
 
 AdminIdentity = Annotated[Identity, Depends(require_admin)]
+ApproverIdentity = Annotated[Identity, Depends(require_approver)]
+AuditorIdentity = Annotated[Identity, Depends(require_auditor)]
 
 
 def get_connection_service(session: SessionDep, box: SecretBoxDep) -> ConnectionService:

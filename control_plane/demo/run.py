@@ -9,14 +9,15 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from control_plane.config import Settings
+from control_plane.config import OidcIssuer, ServiceSubject, Settings
 from control_plane.demo.certs import TlsFiles, ensure_certs
 from control_plane.demo.shop import ShopInfo, load_shop
+from control_plane.identity.dev_issuer import DevIdentity, DevIssuer
 from control_plane.pgserver import LocalPostgres
 
 __all__ = ["DemoEnvironment", "DemoIdentity", "bootstrap", "main", "prepare", "write_demo_json"]
@@ -27,6 +28,8 @@ STORE_ROLE = "pgward"
 DEMO_FILE = "demo.json"
 # Secrets the demo needs again on the next run (role passwords, API keys); never printed or logged.
 SECRETS_FILE = "demo-secrets.json"
+# The demo's policies (alice, bob, carol, ci, agent), applied at every start.
+DEMO_POLICIES = Path(__file__).resolve().parent / "policies"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,26 @@ SERVICE_IDENTITIES: tuple[DemoIdentity, ...] = (
     DemoIdentity("ci", ("ci",)),
     DemoIdentity("demo-admin", ("admins",), in_demo_json=False),
 )
+
+
+# People and the agent log in with OIDC tokens from the development issuer (`ci` keeps its API key:
+# the path of a job without OIDC). The agent's token has `sub` "demo-agent", which the issuer
+# configuration maps to the service identity `agent`, as a workload token would be in production.
+DEMO_AUDIENCE = "pgward-demo"
+OIDC_IDENTITIES: dict[str, DevIdentity] = {
+    "alice": DevIdentity("alice", "alice", ("analysts",)),
+    "bob": DevIdentity("bob", "bob", ("dba", "admins")),
+    "carol": DevIdentity("carol", "carol", ("approvers", "auditors")),
+    "agent": DevIdentity("demo-agent", "agent", ("agents",)),
+}
+_AGENT_SUBJECT = ServiceSubject(subject="demo-agent", identity="agent", groups=("agents",))
+
+
+def dev_issuer_config(issuer: DevIssuer, ca_file: Path) -> OidcIssuer:
+    """How the demo gateway trusts its development issuer (over HTTPS with the demo CA)."""
+    return OidcIssuer(
+        issuer=issuer.issuer, audience=DEMO_AUDIENCE, ca_file=ca_file, service_subjects=(_AGENT_SUBJECT,)
+    )
 
 
 @dataclass
@@ -112,7 +135,8 @@ def prepare(state_dir: Path) -> DemoEnvironment:
     saved = _read_json(state_dir / SECRETS_FILE)
 
     # The target is throwaway (fsync off); the store keeps what the operator configured.
-    target = LocalPostgres(state_dir / "target", durable=False)
+    # Room for the 1,000 concurrent sessions the gateway is benchmarked with (bench/idle_sessions.py).
+    target = LocalPostgres(state_dir / "target", durable=False, settings={"max_connections": "1100"})
     store = LocalPostgres(state_dir / "store")
     try:
         target.start()
@@ -202,6 +226,7 @@ async def bootstrap(
         async with sessionmaker() as session:
             await ConnectionService(session, box).put(CONNECTION, spec, if_match=None)
             await session.commit()
+        await _apply_demo_policies(sessionmaker)
 
         verifier = ApiKeyVerifier(sessionmaker, settings)
         for ident in identities:
@@ -231,8 +256,27 @@ async def bootstrap(
     return tokens
 
 
-def write_demo_json(env: DemoEnvironment, tokens: dict[str, str]) -> Path:
-    """Write `demo.json` per the demo contract (0600: it holds API keys and passwords)."""
+async def _apply_demo_policies(sessionmaker: Any) -> None:
+    """Apply control_plane/demo/policies/*.yaml (idempotent: unchanged documents keep their version)."""
+    from control_plane.policy.files import load
+    from control_plane.policy.service import put_documents
+
+    bundle = load([DEMO_POLICIES])
+    await put_documents(sessionmaker, list(bundle.policies.values()), author="pgward demo")
+
+
+def write_demo_json(
+    env: DemoEnvironment, tokens: dict[str, str], oidc_tokens: Mapping[str, str] | None = None
+) -> Path:
+    """Write `demo.json` per the demo contract (0600: it holds API keys, OIDC tokens and passwords)."""
+    identities: dict[str, dict[str, Any]] = {
+        ident.name: {"user": ident.name, "token": tokens[ident.name], "groups": list(ident.groups)}
+        for ident in SERVICE_IDENTITIES
+        if ident.in_demo_json
+    }
+    for name, token in (oidc_tokens or {}).items():
+        oidc = OIDC_IDENTITIES[name]
+        identities[name] = {"user": oidc.username, "token": token, "groups": list(oidc.groups)}
     host, port = _listen_address(env.settings.proxy_listen)
     api_host, api_port = _listen_address(env.settings.api_listen)
     api_host = f"[{api_host}]" if ":" in api_host else api_host
@@ -242,11 +286,7 @@ def write_demo_json(env: DemoEnvironment, tokens: dict[str, str]) -> Path:
         "connection": CONNECTION,
         "target_dsn": env.target.dsn(),
         "store_url": env.settings.require_database_url(),
-        "identities": {
-            ident.name: {"user": ident.name, "token": tokens[ident.name], "groups": list(ident.groups)}
-            for ident in SERVICE_IDENTITIES
-            if ident.in_demo_json
-        },
+        "identities": identities,
         "admin_token": tokens["demo-admin"],
     }
     path = env.state_dir / DEMO_FILE
@@ -254,7 +294,7 @@ def write_demo_json(env: DemoEnvironment, tokens: dict[str, str]) -> Path:
     return path
 
 
-def ready_message(env: DemoEnvironment, tokens: dict[str, str]) -> str:
+def ready_message(env: DemoEnvironment, tokens: dict[str, str], issuer_url: str | None = None) -> str:
     host, port = _listen_address(env.settings.proxy_listen)
     api_host, api_port = _listen_address(env.settings.api_listen)
     return (
@@ -267,7 +307,13 @@ def ready_message(env: DemoEnvironment, tokens: dict[str, str]) -> str:
         "\nConnect through the gateway as the service identity `ci`:\n\n"
         f'  PGPASSWORD={tokens["ci"]} psql "host={host} port={port} dbname={CONNECTION} user=ci '
         f'sslmode=verify-full sslrootcert={env.tls.ca_cert}"\n\n'
-        "Press Ctrl-C to stop.\n"
+        + (
+            f"alice, bob, carol and agent use OIDC tokens from the development issuer {issuer_url}\n"
+            f"(DEVELOPMENT ONLY); their tokens are in {env.state_dir / DEMO_FILE}.\n\n"
+            if issuer_url
+            else ""
+        )
+        + "Press Ctrl-C to stop.\n"
     )
 
 
@@ -289,6 +335,19 @@ async def _serve_until_stopped(env: DemoEnvironment) -> None:
     env.secrets["tokens"] = tokens
     _write_private_json(env.state_dir / SECRETS_FILE, env.secrets)
 
+    issuer = DevIssuer(
+        env.state_dir / "dev-issuer",
+        OIDC_IDENTITIES,
+        audience=DEMO_AUDIENCE,
+        tls_cert=env.tls.server_cert,
+        tls_key=env.tls.server_key,
+    )
+    await issuer.start()
+    trusted = dev_issuer_config(issuer, env.tls.ca_cert)
+    env.settings = env.settings.model_copy(update={"oidc_issuers": [trusted]})
+    # Re-minted at every start: the issuer's port (and so `iss`) changes from run to run.
+    oidc_tokens = {name: issuer.mint(name) for name in OIDC_IDENTITIES}
+
     ready = asyncio.Event()
     server = asyncio.create_task(serve(env.settings, ready=ready), name="pgward-serve")
     ready_wait = asyncio.create_task(ready.wait())
@@ -299,8 +358,8 @@ async def _serve_until_stopped(env: DemoEnvironment) -> None:
             server.result()  # raises what made serve() fail
             raise RuntimeError("the gateway stopped before it became ready")
         if ready.is_set() and not stop.is_set():
-            write_demo_json(env, tokens)
-            print(ready_message(env, tokens), flush=True)
+            write_demo_json(env, tokens, oidc_tokens)
+            print(ready_message(env, tokens, issuer.issuer), flush=True)
             await asyncio.wait({server, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if server.done():
                 server.result()
@@ -310,6 +369,7 @@ async def _serve_until_stopped(env: DemoEnvironment) -> None:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await server
+        await issuer.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 

@@ -19,6 +19,7 @@ __all__ = [
     "ORDERS",
     "OWNER",
     "PII_COLUMNS",
+    "READER",
     "SEED",
     "ShopInfo",
     "generate_customers",
@@ -29,6 +30,8 @@ __all__ = [
 
 DATABASE = "shop"
 OWNER = "shop_owner"
+# Read-only role the demo policies `run_as` (SET ROLE after connecting).
+READER = "shop_reader"
 CUSTOMERS = 1000
 ORDERS = 5000
 # Fixed so every demo, test and benchmark sees the same rows.
@@ -202,6 +205,7 @@ def load_shop(
 
     with psycopg.connect(_with_database(dsn_superuser, database), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'shop'").fetchone():
+            _ensure_reader(conn, role)
             return ShopInfo(role=role, password=password, database=database)
         # One transaction: a failed load leaves no half-filled schema behind, so the next call retries.
         with conn.transaction():
@@ -227,4 +231,21 @@ def load_shop(
                 cur.execute("COMMENT ON SCHEMA shop IS 'pgward demo data (fake PII, generated)'")
             conn.execute("ANALYZE shop.customers")
             conn.execute("ANALYZE shop.orders")
+        _ensure_reader(conn, role)
     return ShopInfo(role=role, password=password, database=database)
+
+
+def _ensure_reader(conn: psycopg.Connection[Any], owner: str) -> None:
+    """`shop_reader` (NOLOGIN, SELECT on shop.*), granted to the owner so policies can `run_as` it."""
+    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [READER]).fetchone():
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(READER)))
+    reader, owner_id = sql.Identifier(READER), sql.Identifier(owner)
+    for statement in (
+        "GRANT USAGE ON SCHEMA shop TO {reader}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA shop TO {reader}",
+        "GRANT SELECT ON ALL SEQUENCES IN SCHEMA shop TO {reader}",
+        # Tables the owner adds later are readable too.
+        "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA shop GRANT SELECT ON TABLES TO {reader}",
+        "GRANT {reader} TO {owner}",
+    ):
+        conn.execute(sql.SQL(statement).format(reader=reader, owner=owner_id))

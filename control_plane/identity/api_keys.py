@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +13,7 @@ from control_plane.config import Settings
 from control_plane.identity.credentials import AuthError, CompositeVerifier, Identity
 from control_plane.store.crypto import SecretBox
 from control_plane.store.db import SessionMaker
-from control_plane.store.repositories import ApiKeyRepository
+from control_plane.store.repositories import ApiKeyRepository, ServiceIdentityRepository
 
 PREFIX = "pgw_"
 ISSUER = "pgward"
@@ -107,8 +108,28 @@ class ApiKeyVerifier:
             )
 
 
+def stored_service_groups(sessionmaker: SessionMaker) -> Callable[[str], Awaitable[tuple[str, ...] | None]]:
+    """For OIDC tokens mapped to a service identity: its stored groups (None if not stored)."""
+
+    async def lookup(name: str) -> tuple[str, ...] | None:
+        async with sessionmaker() as session:
+            identity = await ServiceIdentityRepository(session).get_by_name(name)
+            if identity is None:
+                return None
+            if identity.disabled:
+                raise AuthError.not_authorised(f'service identity "{name}" is disabled')
+            return tuple(identity.groups)
+
+    return lookup
+
+
 def default_verifier(sessionmaker: SessionMaker, settings: Settings) -> CompositeVerifier:
-    """The verifier the API and the proxy use: every credential kind pgward knows so far."""
+    """The verifier the API and the proxy use: every credential kind pgward knows."""
+    from control_plane.identity.oidc import OidcVerifier, looks_like_jwt
+
     verifier = CompositeVerifier()
     verifier.register(looks_like_api_key, ApiKeyVerifier(sessionmaker, settings))
+    if settings.oidc_issuers:
+        oidc = OidcVerifier.from_settings(settings, service_groups=stored_service_groups(sessionmaker))
+        verifier.register(looks_like_jwt, oidc)
     return verifier

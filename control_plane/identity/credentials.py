@@ -18,6 +18,9 @@ class Identity:
     issuer: str
     kind: str  # "service" | "person"
     credential: str  # "api_key" | "oidc" | …
+    # The person an agent acts for (RFC 8693 `act`): the agent is this identity, the person is
+    # recorded here so policies and the audit can see both.
+    acting_for: Identity | None = None
 
 
 class AuthError(Exception):
@@ -49,7 +52,7 @@ class CredentialVerifier(Protocol):
 
 
 class CompositeVerifier:
-    """Routes a credential to the verifier for its shape (`pgw_…` → API key; JWTs later)."""
+    """Routes a credential to the verifier for its shape (`pgw_…` → API key, three dotted segments → JWT)."""
 
     def __init__(self) -> None:
         self._routes: list[tuple[Callable[[str], bool], CredentialVerifier]] = []
@@ -63,5 +66,5 @@ class CompositeVerifier:
                 return await verifier.verify(user, secret)
         raise AuthError.bad_credentials(
             "unrecognised credential",
-            hint="use a pgward API key (pgw_…) as the password",
+            hint="use an OIDC token (`pgward token`) or a pgward API key (pgw_…) as the password",
         )

@@ -90,12 +90,17 @@ async def serve(
     verifier = default_verifier(sessionmaker, settings)
     dataplane: Dataplane | None = None
     dispatcher: BridgeDispatcher | None = None
+    decisions: DecisionService | None = None
     api_server: _EmbeddedServer | None = None
     api_task: asyncio.Task[None] | None = None
     try:
         if proxy:
             dataplane = start_dataplane(settings)
-            dispatcher = BridgeDispatcher(dataplane, DecisionService(settings, sessionmaker, verifier))
+            decisions = DecisionService(settings, sessionmaker, verifier)
+            # A policy change must reach open sessions on their next statement: drop cached decisions.
+            decisions.on_policies_changed.append(dataplane.invalidate)
+            await decisions.start()
+            dispatcher = BridgeDispatcher(dataplane, decisions)
             dispatcher.start()
             log.info("proxy listening", address=dataplane.local_addr())
         if api:
@@ -111,7 +116,9 @@ async def serve(
             app.state.metrics_registry = registry_for(dataplane.stats if dataplane is not None else None)
             app.include_router(metrics.router)
             host, port = _split_listen(settings.api_listen)
-            config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+            config = uvicorn.Config(
+                app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
+            )
             api_server = _EmbeddedServer(config)
             api_task = asyncio.create_task(api_server.serve(), name="pgward-api")
             while not api_server.started:
@@ -135,6 +142,8 @@ async def serve(
                 await asyncio.wait_for(asyncio.shield(api_task), timeout=5)
         if dispatcher is not None:
             dispatcher.stop()
+        if decisions is not None:
+            await decisions.stop()
         if dataplane is not None:
             dataplane.stop()
         await engine.dispose()

@@ -3,7 +3,9 @@ and statements. Only uncached questions reach it; answers say how they may be ca
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +14,9 @@ import structlog
 from control_plane.config import Settings
 from control_plane.connections.service import get_connection_for_session
 from control_plane.identity.credentials import AuthError, CredentialVerifier, Identity
-from control_plane.proxy.statements import UnparsableStatement, split
+from control_plane.identity.throttle import LoginThrottle
+from control_plane.policy.engine import PolicyEngine, Refusal
+from control_plane.policy.runtime import PolicyWatcher
 from control_plane.store.db import SessionMaker
 
 log = structlog.get_logger("pgward.proxy")
@@ -64,14 +68,51 @@ class DecisionService:
         # Part of every scope key: a changed deny list must never reuse cached decisions.
         self.policy_version = hashlib.sha256(",".join(sorted(self.deny_kinds)).encode()).hexdigest()[:12]
         self.sessions: dict[int, SessionInfo] = {}
+        self.throttle = LoginThrottle.from_settings(settings)
+        self.engine = PolicyEngine(public_url=settings.public_url)
+        self.watcher = PolicyWatcher(self.engine, sessionmaker, interval=settings.policy_poll_interval)
+        # Called when cached decisions may be stale (policies changed, or a session's search_path
+        # diverged): the server subscribes `dataplane.invalidate`.
+        self.on_policies_changed: list[Callable[[], None]] = []
+        self.watcher.listeners.append(self._invalidate)
+        self.engine.on_cache_unsafe.append(self._invalidate)
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Load the policies and watch the store for changes (idempotent)."""
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.watcher.refresh(force=True)
+            self.watcher.start()
+            self._started = True
+
+    async def stop(self) -> None:
+        await self.watcher.stop()
+
+    def _invalidate(self) -> None:
+        for callback in list(self.on_policies_changed):
+            callback()
+        # A decision answered just before the change may reach the data plane's cache just after the
+        # clear; a second clear a moment later removes such stragglers.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_later(0.2, lambda: [callback() for callback in list(self.on_policies_changed)])
 
     async def authenticate(self, request: dict[str, Any]) -> dict[str, Any]:
         user: str = request["user"]
         database: str = request["database"]
         client_addr: str = request["client_addr"]
+        # Brute force: an address with recent failures waits before every answer, success or not,
+        # so an attacker cannot tell a refusal early by its speed.
+        await self.throttle.wait(client_addr)
         try:
             identity = await self.verifier.verify(user, request["password"])
         except AuthError as e:
+            self.throttle.failed(client_addr)
             log.info("login refused", user=user, connection=database, client=client_addr, reason=e.message)
             return _refusal(e.sqlstate, e.message, hint=e.hint)
 
@@ -96,6 +137,19 @@ class DecisionService:
                 f'pgward has no connection named "{database}"',
                 hint="the database name in your connection string is the name of a pgward connection",
             )
+        if not self._started:
+            await self.start()
+        startup_path = next((v for k, v in forwarded.items() if k.lower() == "search_path"), None)
+        grant = self.engine.session_scope(
+            identity, target.name, login_role=target.username, search_path=startup_path
+        )
+        if isinstance(grant, Refusal):
+            log.info("session refused by policy", identity=identity.subject, connection=target.name)
+            answer = _refusal(grant.sqlstate, grant.message, hint=grant.hint)
+            if grant.detail:
+                answer["detail"] = grant.detail
+            return answer
+        self.engine.open_session(request["session_id"], grant)
         self.sessions[request["session_id"]] = SessionInfo(identity, target.name, client_addr)
         log.info(
             "session authorised",
@@ -103,11 +157,17 @@ class DecisionService:
             identity=identity.subject,
             connection=target.name,
             client=client_addr,
+            policies=list(grant.policies),
+            run_as=grant.run_as,
+            read_only=grant.read_only,
         )
         return {
             "ok": True,
             "scope": {
-                "scope_key": f"{identity.issuer}|{identity.subject}|{target.name}|{self.policy_version}",
+                # The grant's key has the policy version, identity, groups and connection; the deny list's
+                # hash joins it so a changed deny list never reuses cached decisions either.
+                "scope_key": f"{grant.cache_key}|{self.policy_version}",
+                "setup_sql": grant.setup_sql(),
                 "identity": identity.subject,
                 "upstream": {
                     "host": target.host,
@@ -123,36 +183,39 @@ class DecisionService:
         }
 
     def decide(self, request: dict[str, Any]) -> dict[str, Any]:
-        sql: str = request["sql"]
-        try:
-            statements = split(sql)
-        except UnparsableStatement as e:
-            # Fail closed: what the parser cannot read is not forwarded.
+        session_id: int = request["session_id"]
+        info = self.sessions.get(session_id)
+        if info is None:
+            # Fail closed: a statement of a session pgward does not know is never forwarded.
             return {
                 "action": "deny",
-                "sqlstate": "42601",
-                "message": f"pgward could not parse the statement: {e.message}",
+                "sqlstate": "42501",
+                "message": "statement refused: pgward has no scope for this session",
                 "cache": "none",
             }
-        for statement in statements:
-            if statement.kind in self.deny_kinds:
-                human = _HUMAN_KINDS.get(statement.kind, statement.kind)
-                detail = f"{statement.kind} is on the gateway's deny list (PGWARD_DENY_STATEMENTS)"
-                if len(statements) > 1:
-                    detail += f"; the whole query of {len(statements)} statements was refused"
-                return {
-                    "action": "deny",
-                    "sqlstate": "42501",
-                    "message": f"{human} is not allowed through pgward",
-                    "detail": detail,
-                    "hint": "ask the pgward operator if you need to run it",
-                    # The decision depends only on statement types, never on constants.
-                    "cache": "fingerprint",
-                }
-        return {"action": "allow", "cache": "fingerprint"}
+        decision = self.engine.decide(
+            info.identity, info.connection, session_id, request["sql"], request.get("source", "query")
+        )
+        if decision.action == "allow":
+            for kind in decision.kinds:
+                if kind in self.deny_kinds:
+                    human = _HUMAN_KINDS.get(kind, kind)
+                    detail = f"{kind} is on the gateway's deny list (PGWARD_DENY_STATEMENTS)"
+                    if len(decision.kinds) > 1:
+                        detail += f"; the whole query of {len(decision.kinds)} statements was refused"
+                    return {
+                        "action": "deny",
+                        "sqlstate": "42501",
+                        "message": f"{human} is not allowed through pgward",
+                        "detail": detail,
+                        "hint": "ask the pgward operator if you need to run it",
+                        "cache": decision.cache,
+                    }
+        return decision.answer()
 
     def session_ended(self, request: dict[str, Any]) -> None:
         info = self.sessions.pop(request["session_id"], None)
+        self.engine.close_session(request["session_id"])
         if info is not None:
             log.info(
                 "session ended",

@@ -34,7 +34,9 @@ def split(sql: str) -> list[Statement]:
     try:
         raw = pglast.parse_sql(sql)
     except ParseError as e:
-        raise UnparsableStatement(str(e.args[0]) if e.args else str(e), getattr(e, "location", None)) from None
+        raise UnparsableStatement(
+            str(e.args[0]) if e.args else str(e), getattr(e, "location", None)
+        ) from None
     statements: list[Statement] = []
     encoded = sql.encode()
     for item in raw:

@@ -10,7 +10,14 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from control_plane.store.models import ApiKey, Connection, ServiceIdentity
+from control_plane.store.models import (
+    ApiKey,
+    Connection,
+    Policy,
+    PolicyRevision,
+    PolicyVersion,
+    ServiceIdentity,
+)
 
 
 async def ping(session: AsyncSession) -> bool:
@@ -122,3 +129,65 @@ class ApiKeyRepository:
             .values(last_used_at=func.now())
             .execution_options(synchronize_session=False)
         )
+
+
+class PolicyRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get_by_name(self, name: str, *, for_update: bool = False) -> Policy | None:
+        stmt = select(Policy).where(Policy.name == name)
+        if for_update:
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def list_after(self, after_name: str | None, limit: int) -> Sequence[Policy]:
+        stmt = select(Policy).order_by(Policy.name).limit(limit)
+        if after_name is not None:
+            stmt = stmt.where(Policy.name > after_name)
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def all(self) -> Sequence[Policy]:
+        return (await self.session.execute(select(Policy).order_by(Policy.name))).scalars().all()
+
+    async def add(self, policy: Policy) -> Policy:
+        self.session.add(policy)
+        await self.session.flush()
+        await self.session.refresh(policy)
+        return policy
+
+    async def save(self, policy: Policy) -> Policy:
+        await self.session.flush()
+        await self.session.refresh(policy)
+        return policy
+
+    async def delete(self, policy: Policy) -> None:
+        await self.session.delete(policy)
+        await self.session.flush()
+
+    async def last_version(self, name: str) -> int:
+        """The highest version the name ever had (0 if never), so a re-created policy continues it."""
+        stmt = select(func.coalesce(func.max(PolicyVersion.version), 0)).where(PolicyVersion.name == name)
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    async def add_version(self, version: PolicyVersion) -> None:
+        self.session.add(version)
+        await self.session.flush()
+
+    async def versions(self, name: str) -> Sequence[PolicyVersion]:
+        stmt = select(PolicyVersion).where(PolicyVersion.name == name).order_by(PolicyVersion.version.desc())
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def bump_revision(self) -> int:
+        """Count one more change; every gateway polls this number (see PolicyWatcher)."""
+        stmt = (
+            update(PolicyRevision)
+            .where(PolicyRevision.id == 1)
+            .values(revision=PolicyRevision.revision + 1)
+            .returning(PolicyRevision.revision)
+        )
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    async def revision(self) -> int:
+        stmt = select(PolicyRevision.revision).where(PolicyRevision.id == 1)
+        return int((await self.session.execute(stmt)).scalar_one_or_none() or 0)

@@ -169,7 +169,8 @@ def test_pgward_demo_end_to_end(pg_tmp_path: Path) -> None:
         checker = ROOT.parent / "shared" / "tools" / "check-demo-contract"
         if checker.exists():
             result = subprocess.run(
-                [sys.executable, str(checker), str(state)], capture_output=True, text=True, timeout=120
+                [sys.executable, str(checker), str(state), "--identities", "alice,bob,carol,ci,agent"],
+                capture_output=True, text=True, timeout=120
             )
             assert result.returncode == 0, result.stdout + result.stderr
         assert "psql" in (pg_tmp_path / "demo.log").read_text()

@@ -7,8 +7,6 @@ real gateway, as the `ci` service identity, with `host`, `port`, `dbname`, `user
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Any
 
 import pytest

@@ -32,7 +32,9 @@ def test_denied_statement_is_42501_and_never_runs(conn: psycopg.Connection) -> N
 
 
 def test_multi_statement_query_is_refused_whole(gateway: Gateway) -> None:
-    r = gateway.psql("create temp table side_effect(x int); truncate shop.orders", "select count(*) from side_effect")
+    r = gateway.psql(
+        "create temp table side_effect(x int); truncate shop.orders", "select count(*) from side_effect"
+    )
     assert "TRUNCATE is not allowed through pgward" in r.stderr
     assert 'relation "side_effect" does not exist' in r.stderr
 
@@ -82,7 +84,11 @@ def test_repeated_denials_and_allows_in_one_session(conn: psycopg.Connection) ->
 
 
 def test_comments_and_case_do_not_hide_a_statement(conn: psycopg.Connection) -> None:
-    for sql in ("/* hi */ TrUnCaTe shop.orders", "-- x\ntruncate table shop.orders", "truncate only shop.orders;"):
+    for sql in (
+        "/* hi */ TrUnCaTe shop.orders",
+        "-- x\ntruncate table shop.orders",
+        "truncate only shop.orders;",
+    ):
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute(sql)
 

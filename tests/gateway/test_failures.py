@@ -58,7 +58,11 @@ def test_malformed_query_body(gateway: Gateway) -> None:
 
 
 def test_malformed_startup_packets(gateway: Gateway) -> None:
-    for packet in (struct.pack("!I", 2), struct.pack("!I", 100_000) + b"x" * 10, struct.pack("!II", 12, 1234) + b"abcd"):
+    for packet in (
+        struct.pack("!I", 2),
+        struct.pack("!I", 100_000) + b"x" * 10,
+        struct.pack("!II", 12, 1234) + b"abcd",
+    ):
         w = Wire.connect_tls(gateway.host, gateway.port, gateway.sslrootcert)
         w.send(packet)
         m = w.read()
@@ -92,7 +96,9 @@ def test_client_silent_after_connect_does_not_block_others(gateway: Gateway) -> 
 
 
 def test_upstream_down_is_08006(gateway: Gateway) -> None:
-    gateway.put_connection("down", host="127.0.0.1", port=free_port(), database="x", username="x", tls_mode="disable")
+    gateway.put_connection(
+        "down", host="127.0.0.1", port=free_port(), database="x", username="x", tls_mode="disable"
+    )
     w = Wire.connect_tls(gateway.host, gateway.port, gateway.sslrootcert)
     msgs = w.login("ci", gateway.ci_token, database="down")
     error = msgs[-1].fields()
@@ -100,10 +106,17 @@ def test_upstream_down_is_08006(gateway: Gateway) -> None:
     still_serving(gateway)
 
 
-def test_wrong_stored_password_is_08006_without_the_secret(gateway: Gateway, target_pg: TargetDatabase) -> None:
+def test_wrong_stored_password_is_08006_without_the_secret(
+    gateway: Gateway, target_pg: TargetDatabase
+) -> None:
     gateway.put_connection(
-        "badpw", host="127.0.0.1", port=target_pg.port, database="shop", username=target_pg.shop.role,
-        password="definitely-wrong-pw", tls_mode="disable",
+        "badpw",
+        host="127.0.0.1",
+        port=target_pg.port,
+        database="shop",
+        username=target_pg.shop.role,
+        password="definitely-wrong-pw",
+        tls_mode="disable",
     )
     w = Wire.connect_tls(gateway.host, gateway.port, gateway.sslrootcert)
     msgs = w.login("ci", gateway.ci_token, database="badpw")
@@ -118,7 +131,12 @@ def restartable(pg_base_dir: Path, gateway: Gateway) -> Iterator[LocalPostgres]:
     with pg.connect() as c:
         c.execute("create role app login password 'app-pw'")
     gateway.put_connection(
-        "restartable", host="127.0.0.1", port=pg.port, database="postgres", username="app", password="app-pw",
+        "restartable",
+        host="127.0.0.1",
+        port=pg.port,
+        database="postgres",
+        username="app",
+        password="app-pw",
         tls_mode="disable",
     )
     try:
@@ -143,8 +161,14 @@ def test_upstream_restart_mid_session(gateway: Gateway, restartable: LocalPostgr
 def test_tls_to_the_target_with_scram_plus(gateway: Gateway, tls_target: TargetDatabase) -> None:
     assert tls_target.ca_cert is not None
     gateway.put_connection(
-        "shop_tls", host="127.0.0.1", port=tls_target.port, database="shop", username=tls_target.shop.role,
-        password=tls_target.shop.password, tls_mode="verify-full", sslrootcert=tls_target.ca_cert.read_text(),
+        "shop_tls",
+        host="127.0.0.1",
+        port=tls_target.port,
+        database="shop",
+        username=tls_target.shop.role,
+        password=tls_target.shop.password,
+        tls_mode="verify-full",
+        sslrootcert=tls_target.ca_cert.read_text(),
     )
     with psycopg.connect(gateway.conninfo(dbname="shop_tls"), password=gateway.ci_token) as conn:
         row = conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone()

@@ -21,7 +21,10 @@ def conn(gateway: Gateway):
 
 
 def test_rows_match_the_target(conn: psycopg.Connection, target_pg: TargetDatabase) -> None:
-    sql = "select c.id, name, email, amount from shop.customers c join shop.orders o on o.customer_id = c.id order by o.id limit 500"
+    sql = (
+        "select c.id, name, email, amount from shop.customers c"
+        " join shop.orders o on o.customer_id = c.id order by o.id limit 500"
+    )
     through = conn.execute(sql).fetchall()
     with psycopg.connect(target_pg.owner_dsn) as direct:
         assert through == direct.execute(sql).fetchall()

@@ -48,7 +48,9 @@ class Wire:
         self.buf = b""
 
     @classmethod
-    def connect_tls(cls, host: str, port: int, ca: Path, *, direct: bool = False, alpn: list[str] | None = None) -> Wire:
+    def connect_tls(
+        cls, host: str, port: int, ca: Path, *, direct: bool = False, alpn: list[str] | None = None
+    ) -> Wire:
         raw = socket.create_connection((host, port), timeout=10)
         ctx = ssl.create_default_context(cafile=str(ca))
         if alpn is not None:
@@ -93,7 +95,14 @@ class Wire:
             if m.tag == tag:
                 return out
 
-    def login(self, user: str, password: str, database: str = "shop", minor: int = 0, extra: dict[str, str] | None = None) -> list[Message]:
+    def login(
+        self,
+        user: str,
+        password: str,
+        database: str = "shop",
+        minor: int = 0,
+        extra: dict[str, str] | None = None,
+    ) -> list[Message]:
         """Startup + password; the messages up to ReadyForQuery (or the error)."""
         self.send(startup_packet({"user": user, "database": database, **(extra or {})}, minor=minor))
         first = self.read()

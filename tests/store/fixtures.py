@@ -18,7 +18,7 @@ from control_plane.store.db import SessionMaker, create_engine, create_sessionma
 
 __all__ = ["anyio_backend", "empty_database_url", "sessionmaker", "settings", "store_cluster", "store_url"]
 
-_TABLES = "api_keys, service_identities, connections"
+_TABLES = "api_keys, service_identities, connections, policies, policy_versions"
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from control_plane.connections.service import get_connection_for_session
 from control_plane.identity.api_keys import ApiKeyVerifier
 from control_plane.store import migrate
 from control_plane.store.db import create_engine, create_sessionmaker
+from tests.store.test_migrations import head
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def test_migrate(env: dict[str, str]) -> None:
     url = env.pop("PGWARD_DATABASE_URL")
     result = CliRunner().invoke(app, ["migrate", "--database-url", url], env=env)
     assert result.exit_code == 0, result.output
-    assert migrate.current(url) == "0001"
+    assert migrate.current(url) == head()
 
 
 def test_migrate_without_url_is_a_config_error(env: dict[str, str]) -> None:

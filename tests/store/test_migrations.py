@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.pool import NullPool
 
@@ -11,10 +12,17 @@ from control_plane.store import migrate
 from control_plane.store.models import Base
 
 
+def head() -> str:
+    """The single head revision (a second head would be a migration chaining error)."""
+    heads = ScriptDirectory.from_config(migrate.alembic_config()).get_heads()
+    assert len(heads) == 1, heads
+    return heads[0]
+
+
 def test_upgrade_from_empty_creates_tables(empty_database_url: str) -> None:
     assert migrate.current(empty_database_url) is None
     migrate.upgrade(empty_database_url)
-    assert migrate.current(empty_database_url) == "0001"
+    assert migrate.current(empty_database_url) == head()
     engine = create_engine(empty_database_url, poolclass=NullPool)
     try:
         tables = set(inspect(engine).get_table_names())
@@ -26,7 +34,7 @@ def test_upgrade_from_empty_creates_tables(empty_database_url: str) -> None:
 def test_upgrade_is_idempotent(empty_database_url: str) -> None:
     migrate.upgrade(empty_database_url)
     migrate.upgrade(empty_database_url)
-    assert migrate.current(empty_database_url) == "0001"
+    assert migrate.current(empty_database_url) == head()
 
 
 def test_migrations_match_models(empty_database_url: str) -> None:
@@ -43,4 +51,4 @@ def test_migrations_match_models(empty_database_url: str) -> None:
 def test_upgrade_accepts_libpq_uri(empty_database_url: str) -> None:
     libpq = empty_database_url.replace("postgresql+psycopg://", "postgresql://")
     migrate.upgrade(libpq)
-    assert migrate.current(libpq) == "0001"
+    assert migrate.current(libpq) == head()

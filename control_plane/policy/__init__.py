@@ -1,0 +1,1 @@
+"""Policies: documents, statement classification with the PostgreSQL parser, and decisions."""

@@ -1,0 +1,224 @@
+"""Policy documents: the pydantic models behind the YAML/JSON format and its published JSON Schema."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from control_plane.connections.schemas import ResourceName
+
+STATEMENT_CLASSES: tuple[str, ...] = (
+    "read",
+    "write",
+    "ddl",
+    "destructive_ddl",
+    "admin",
+    "copy_in",
+    "copy_out",
+    "function_call",
+    "session",
+    "transaction",
+    "utility",
+)
+StatementClass = Literal[
+    "read",
+    "write",
+    "ddl",
+    "destructive_ddl",
+    "admin",
+    "copy_in",
+    "copy_out",
+    "function_call",
+    "session",
+    "transaction",
+    "utility",
+    "all",
+]
+# Classes a read-only scope may be granted; any other allow makes the scope read-write.
+READ_ONLY_CLASSES = frozenset({"read", "copy_out", "session", "transaction", "utility"})
+
+GroupOrUser = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+RoleName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[^\x00]+$")]
+ContextKey = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+# `schema.name` with shell-style wildcards in either part, or `*` for everything.
+TablePattern = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
+IDENTITY_FIELDS = frozenset({"username", "subject", "kind", "groups", "issuer"})
+
+
+def split_pattern(pattern: str) -> tuple[str, str]:
+    """(schema glob, name glob) of a table pattern; `*` alone means every schema and name."""
+    if pattern == "*":
+        return "*", "*"
+    schema, sep, name = pattern.partition(".")
+    if not sep or not schema or not name or "." in name:
+        raise ValueError(f'table pattern "{pattern}" must look like schema.name (wildcards allowed: shop.*)')
+    return schema, name
+
+
+def template_fields(template: str) -> list[str]:
+    """The `{…}` references of a session_context template (`{{`/`}}` are literal braces)."""
+    return _TEMPLATE_FIELD.findall(template.replace("{{", "").replace("}}", ""))
+
+
+class Subjects(BaseModel):
+    """Who a policy applies to: any of these matches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    groups: list[GroupOrUser] = Field(
+        default_factory=list, description="Identity groups (OIDC claim or service groups)"
+    )
+    users: list[GroupOrUser] = Field(
+        default_factory=list, description="Usernames of people (OIDC identities)"
+    )
+    service_identities: list[GroupOrUser] = Field(
+        default_factory=list, description="Names of pgward service identities"
+    )
+
+
+class Rule(BaseModel):
+    """One rule: exactly one of allow, deny or require_approval, optionally limited to tables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        default=None, max_length=100, description="Shown in decisions; defaults to rules[i]"
+    )
+    allow: list[StatementClass] | None = None
+    deny: list[StatementClass] | None = None
+    require_approval: list[StatementClass] | None = None
+    tables: list[TablePattern] | None = Field(
+        default=None,
+        description="schema.name globs (shop.*); the rule covers only these objects. Omitted: every object.",
+    )
+
+    @field_validator("tables")
+    @classmethod
+    def _patterns(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("tables must name at least one pattern (omit it to cover every table)")
+            for pattern in value:
+                split_pattern(pattern)
+        return value
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Rule:
+        given = [a for a in ("allow", "deny", "require_approval") if getattr(self, a) is not None]
+        if len(given) != 1:
+            raise ValueError("a rule has exactly one of allow, deny, require_approval")
+        if not getattr(self, given[0]):
+            raise ValueError(f"{given[0]} must name at least one statement class")
+        return self
+
+    @property
+    def action(self) -> str:
+        return "allow" if self.allow is not None else "deny" if self.deny is not None else "require_approval"
+
+    @property
+    def classes(self) -> frozenset[str]:
+        listed = self.allow or self.deny or self.require_approval or []
+        return frozenset(STATEMENT_CLASSES) if "all" in listed else frozenset(listed)
+
+
+class Guardrails(BaseModel):
+    """Built-in protections, all on unless a policy turns one off explicitly (false)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    no_unbounded_write: bool = Field(
+        default=True, description="UPDATE/DELETE without WHERE or with an always-true WHERE"
+    )
+    no_drop_database: bool = True
+    no_role_escape: bool = Field(
+        default=True,
+        description="SET ROLE, RESET ROLE, SET SESSION AUTHORIZATION, set_config('role'), "
+        "changing pgward.* settings",
+    )
+    no_server_file_access: bool = Field(
+        default=True,
+        description="COPY … PROGRAM, COPY to/from server files, pg_read_file, lo_import, dblink, …",
+    )
+    no_alter_system: bool = True
+    data_modifying_cte_is_write: Literal[True] = Field(
+        default=True,
+        description="A WITH that modifies data is a write. Cannot be turned off: "
+        "counting it as a read would be a hole.",
+    )
+
+
+GUARDRAILS: tuple[str, ...] = (
+    "no_unbounded_write",
+    "no_drop_database",
+    "no_role_escape",
+    "no_server_file_access",
+    "no_alter_system",
+)
+
+
+class PolicyDocument(BaseModel):
+    """A policy: who (subjects) may do what (rules) on which connections, as which role."""
+
+    model_config = ConfigDict(extra="forbid", title="pgward Policy")
+
+    kind: Literal["Policy"] = "Policy"
+    name: ResourceName
+    description: str = Field(default="", max_length=2000)
+    subjects: Subjects
+    connections: list[Annotated[str, StringConstraints(min_length=1, max_length=63)]] = Field(
+        min_length=1, description="Connection names (globs allowed: `*` is every connection)"
+    )
+    run_as: RoleName | None = Field(
+        default=None, description="Target role: the gateway runs SET ROLE after connecting"
+    )
+    session_context: dict[ContextKey, Annotated[str, StringConstraints(max_length=1000)]] = Field(
+        default_factory=dict,
+        description="pgward.<key> settings for row-level security; templates {claims.x}, {identity.username}",
+    )
+    rules: list[Rule] = Field(min_length=1)
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+
+    @field_validator("session_context")
+    @classmethod
+    def _templates(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, template in value.items():
+            if "\x00" in template:
+                raise ValueError(f"session_context.{key} contains a NUL character")
+            for ref in template_fields(template):
+                head, _, tail = ref.partition(".")
+                if head == "claims" and tail:
+                    continue
+                if head == "identity" and tail in IDENTITY_FIELDS:
+                    continue
+                raise ValueError(
+                    f"session_context.{key}: unknown reference {{{ref}}} (use {{claims.NAME}} or "
+                    f"{{identity.{'|'.join(sorted(IDENTITY_FIELDS))}}})"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _has_subjects(self) -> PolicyDocument:
+        s = self.subjects
+        if not (s.groups or s.users or s.service_identities):
+            raise ValueError("subjects must name at least one group, user or service identity")
+        return self
+
+    def applies_to_connection(self, connection: str) -> bool:
+        return any(fnmatch.fnmatchcase(connection, pattern) for pattern in self.connections)
+
+    def spec(self) -> dict[str, Any]:
+        """The document as stored and compared (defaults filled in, so equal meaning = equal JSON)."""
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of a policy document (docs/policy.schema.json)."""
+    schema = PolicyDocument.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://pgward.dev/schemas/policy.schema.json"
+    return schema

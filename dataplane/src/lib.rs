@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod decide;
 pub mod frontend;
+pub mod mask;
 pub mod net;
 #[cfg(feature = "python")]
 mod py;

@@ -21,6 +21,7 @@ use crate::decide::types::{CachePolicy, Decision, Refusal, Scope};
 use crate::decide::Bridge;
 use crate::frontend::workers::Workers;
 use crate::frontend::{listener, Gateway, GatewayConfig};
+use crate::mask::{MaskFunction, MaskPlan};
 use crate::net::framing::DEFAULT_MAX_MESSAGE;
 use crate::net::tls::{server_config, UpstreamTls};
 
@@ -299,6 +300,7 @@ impl Dataplane {
             scope_key: Arc::from(required(scope, "scope_key")?.extract::<String>()?),
             identity: optional::<String>(scope, "identity")?.unwrap_or_default(),
             setup_sql: optional::<String>(scope, "setup_sql")?.filter(|s| !s.trim().is_empty()),
+            mask_plan: Arc::new(convert_masks(scope)?),
             upstream: UpstreamTarget {
                 host: required(upstream, "host")?.extract()?,
                 port: required(upstream, "port")?.extract()?,
@@ -312,6 +314,42 @@ impl Dataplane {
             },
         })
     }
+}
+
+/// `masks`: `[{table_oid, attnum, function, text?, first?, last?}]`, `mask_key`: hex.
+fn convert_masks(scope: &Bound<'_, PyDict>) -> PyResult<MaskPlan> {
+    let Some(masks) = scope.get_item("masks")?.filter(|m| !m.is_none()) else {
+        return Ok(MaskPlan::default());
+    };
+    let key_hex = optional::<String>(scope, "mask_key")?.unwrap_or_default();
+    let key = decode_hex(&key_hex).ok_or_else(|| PyValueError::new_err("mask_key must be hex"))?;
+    let mut columns = HashMap::new();
+    for item in masks.try_iter()? {
+        let item = item?;
+        let spec = item.downcast::<PyDict>()?;
+        let function = MaskFunction::from_spec(
+            &required(spec, "function")?.extract::<String>()?,
+            optional(spec, "text")?,
+            optional::<usize>(spec, "first")?.unwrap_or(0),
+            optional::<usize>(spec, "last")?.unwrap_or(0),
+            &key,
+        )
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let table_oid: u32 = required(spec, "table_oid")?.extract()?;
+        let attnum: i16 = required(spec, "attnum")?.extract()?;
+        columns.insert((table_oid, attnum), function);
+    }
+    Ok(MaskPlan::new(columns))
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
 }
 
 fn required<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::backend::UpstreamTarget;
+use crate::mask::MaskPlan;
 
 /// Why the gateway refuses something, as the client will see it in an ErrorResponse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,4 +54,6 @@ pub struct Scope {
     /// SQL the gateway runs upstream before the client's first ReadyForQuery (SET ROLE, the
     /// session context for row-level security, read-only mode). The client never sees it.
     pub setup_sql: Option<String>,
+    /// Columns this session sees masked; empty means the relay never looks at rows.
+    pub mask_plan: Arc<MaskPlan>,
 }

@@ -3,6 +3,7 @@
 pub mod cancel;
 pub mod gateway;
 pub mod listener;
+pub mod masking;
 pub mod relay;
 pub mod session;
 pub mod startup;

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::gateway::Gateway;
+use super::masking::{Action, ClientSide, Expectations, ServerSide};
 use crate::decide::bridge::{Answer, Request};
 use crate::decide::types::{Decision, Refusal, Scope};
 use crate::net::framing::{peek_header, FrameError};
@@ -41,6 +42,8 @@ pub enum End {
     /// The client broke the protocol: tell it (08P01) and close.
     ClientProtocol(String),
     ServerProtocol(String),
+    /// A result could not be masked: the session ends rather than relay it.
+    MaskingFailed(String),
     Io(std::io::Error),
 }
 
@@ -60,6 +63,8 @@ struct Shared {
     denial_count: AtomicUsize,
     /// Unique token in the substitute statement; the server echoes it in its syntax error.
     marker: String,
+    /// Responses the server owes, for row shapes (only used when the session masks).
+    expect: Expectations,
 }
 
 pub struct Relay<'a> {
@@ -89,6 +94,7 @@ impl<'a> Relay<'a> {
                 denials: Mutex::new(VecDeque::new()),
                 denial_count: AtomicUsize::new(0),
                 marker: make_marker(),
+                expect: Expectations::default(),
             },
         }
     }
@@ -122,6 +128,8 @@ impl<'a> Relay<'a> {
         W: AsyncWrite + Unpin,
     {
         let max = self.gw.config.max_message_size;
+        let masking = !self.scope.mask_plan.is_empty();
+        let mut shapes = ClientSide::default();
         // Bytes of a streamed (uninspected) message still to come from the client.
         let mut streaming: usize = 0;
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
@@ -143,41 +151,57 @@ impl<'a> Relay<'a> {
                     Ok(None) => break,
                     Err(e) => return End::ClientProtocol(frame_error_text(&e)),
                 };
-                match header.tag {
-                    b'Q' | b'P' => {
-                        if rest.len() < header.len {
-                            buf.reserve(header.len - rest.len());
-                            break;
-                        }
-                        if run > 0 {
-                            out.push(buf.split_to(run).freeze());
-                            run = 0;
-                        }
-                        let frame = buf.split_to(header.len).freeze();
-                        match self.statement(&frame).await {
-                            Ok(Some(forward)) => out.push(forward),
-                            Ok(None) => out.push(frame),
-                            Err(reason) => return End::ClientProtocol(reason),
-                        }
-                        if header.tag == b'Q' {
-                            self.shared.segments_sent.fetch_add(1, Ordering::AcqRel);
-                        }
+                let tag = header.tag;
+                let whole = matches!(tag, b'Q' | b'P') || (masking && ClientSide::inspects(tag));
+                if !whole {
+                    if matches!(tag, b'S' | b'F') {
+                        self.shared.segments_sent.fetch_add(1, Ordering::AcqRel);
                     }
-                    tag => {
-                        if matches!(tag, b'S' | b'F') {
-                            self.shared.segments_sent.fetch_add(1, Ordering::AcqRel);
-                        }
-                        if tag == b'X' {
-                            terminate = true;
-                        }
-                        let have = rest.len().min(header.len);
-                        run += have;
-                        streaming = header.len - have;
-                        if terminate {
-                            break;
-                        }
+                    if tag == b'X' {
+                        terminate = true;
+                    }
+                    let have = rest.len().min(header.len);
+                    run += have;
+                    streaming = header.len - have;
+                    if terminate {
+                        break;
+                    }
+                    continue;
+                }
+                if rest.len() < header.len {
+                    buf.reserve(header.len - rest.len());
+                    break;
+                }
+                if run > 0 {
+                    out.push(buf.split_to(run).freeze());
+                    run = 0;
+                }
+                let frame = buf.split_to(header.len).freeze();
+                let forward = if matches!(tag, b'Q' | b'P') {
+                    match self.statement(&frame).await {
+                        Ok(Some(substitute)) => substitute,
+                        Ok(None) => frame,
+                        Err(reason) => return End::ClientProtocol(reason),
+                    }
+                } else {
+                    frame
+                };
+                // A denial records the segment it was sent in, so a Query counts after its decision.
+                if matches!(tag, b'Q' | b'S' | b'F') {
+                    self.shared.segments_sent.fetch_add(1, Ordering::AcqRel);
+                }
+                if masking {
+                    match shapes.before_forward(
+                        &self.shared.expect,
+                        tag,
+                        forward.get(5..).unwrap_or_default(),
+                    ) {
+                        Ok(Some(describe)) => out.push(describe),
+                        Ok(None) => {}
+                        Err(reason) => return End::ClientProtocol(reason),
                     }
                 }
+                out.push(forward);
             }
             if run > 0 {
                 out.push(buf.split_to(run).freeze());
@@ -282,6 +306,8 @@ impl<'a> Relay<'a> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let masking = !self.scope.mask_plan.is_empty();
+        let mut shapes = ServerSide::new(Arc::clone(&self.scope.mask_plan));
         let mut streaming: usize = 0;
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         let mut fatal_sent = false;
@@ -302,44 +328,59 @@ impl<'a> Relay<'a> {
                     Ok(None) => break,
                     Err(e) => return End::ServerProtocol(frame_error_text(&e)),
                 };
-                match header.tag {
-                    b'Z' => {
-                        // Every segment up to this one is finished: substitutes in it that the
-                        // server skipped (an earlier error) will never produce their error.
-                        let done = self.shared.segments_done.fetch_add(1, Ordering::AcqRel) + 1;
-                        if self.shared.denial_count.load(Ordering::Acquire) > 0 {
-                            let mut denials = self.shared.denials.lock();
-                            while denials.front().is_some_and(|d| d.segment < done) {
-                                denials.pop_front();
-                                self.shared.denial_count.fetch_sub(1, Ordering::AcqRel);
-                            }
-                        }
-                        let have = rest.len().min(header.len);
-                        run += have;
-                        streaming = header.len - have;
+                let tag = header.tag;
+                let whole = tag == b'E' || (masking && ServerSide::inspects(tag));
+                if tag == b'Z' && rest.len() >= header.len {
+                    self.ready_for_query();
+                }
+                if !whole {
+                    let have = rest.len().min(header.len);
+                    if tag == b'Z' && have < header.len {
+                        // A ReadyForQuery split across reads: account for it once it is whole.
+                        buf.reserve(header.len - have);
+                        break;
                     }
-                    b'E' => {
-                        if rest.len() < header.len {
-                            buf.reserve(header.len - rest.len());
-                            break;
+                    run += have;
+                    streaming = header.len - have;
+                    continue;
+                }
+                if rest.len() < header.len {
+                    buf.reserve(header.len - rest.len());
+                    break;
+                }
+                if run > 0 {
+                    out.push(buf.split_to(run).freeze());
+                    run = 0;
+                }
+                let frame = buf.split_to(header.len).freeze();
+                if tag == b'E' {
+                    let fields = ErrorFields::parse(frame.get(5..).unwrap_or_default()).ok();
+                    if let Some(f) = &fields {
+                        if matches!(f.get(b'S'), Some("FATAL" | "PANIC")) {
+                            fatal_sent = true;
                         }
-                        if run > 0 {
-                            out.push(buf.split_to(run).freeze());
-                            run = 0;
-                        }
-                        let frame = buf.split_to(header.len).freeze();
-                        let fields = ErrorFields::parse(frame.get(5..).unwrap_or_default()).ok();
-                        if let Some(f) = &fields {
-                            if f.get(b'S') == Some("FATAL") || f.get(b'S') == Some("PANIC") {
-                                fatal_sent = true;
-                            }
-                        }
-                        out.push(self.rewrite_error(frame, fields.as_ref()));
                     }
-                    _ => {
-                        let have = rest.len().min(header.len);
-                        run += have;
-                        streaming = header.len - have;
+                    if let Some(denial) = self.rewrite_error(fields.as_ref()) {
+                        if masking {
+                            // Keep the row-shape bookkeeping in step with the server.
+                            let _ = shapes.on_message(&self.shared.expect, tag, &frame);
+                        }
+                        out.push(denial);
+                        continue;
+                    }
+                    if !masking {
+                        out.push(frame);
+                        continue;
+                    }
+                }
+                match shapes.on_message(&self.shared.expect, tag, &frame) {
+                    Ok(Action::Forward) => out.push(frame),
+                    Ok(Action::Replace(masked)) => out.push(masked),
+                    Ok(Action::Swallow) => {}
+                    Err(reason) => {
+                        // Whatever is already masked goes out; the unmaskable result does not.
+                        let _ = write_segments(client, &mut out).await;
+                        return End::MaskingFailed(reason);
                     }
                 }
             }
@@ -360,29 +401,40 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Replace the server's error for a substitute statement with the denial it stands for.
-    fn rewrite_error(&self, frame: Bytes, fields: Option<&ErrorFields>) -> Bytes {
+    /// Every segment up to this ReadyForQuery is finished: substitutes in it that the server
+    /// skipped (after an earlier error) will never produce their error.
+    fn ready_for_query(&self) {
+        let done = self.shared.segments_done.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.shared.denial_count.load(Ordering::Acquire) > 0 {
+            let mut denials = self.shared.denials.lock();
+            while denials.front().is_some_and(|d| d.segment < done) {
+                denials.pop_front();
+                self.shared.denial_count.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// The denial a server error stands for, when it is the error of a substitute statement.
+    fn rewrite_error(&self, fields: Option<&ErrorFields>) -> Option<Bytes> {
         if self.shared.denial_count.load(Ordering::Acquire) == 0 {
-            return frame;
+            return None;
         }
         let is_substitute = fields
             .and_then(ErrorFields::message)
             .is_some_and(|m| m.contains(self.shared.marker.as_str()));
         if !is_substitute {
-            return frame;
+            return None;
         }
-        let Some(denial) = self.shared.denials.lock().pop_front() else {
-            return frame;
-        };
+        let denial = self.shared.denials.lock().pop_front()?;
         self.shared.denial_count.fetch_sub(1, Ordering::AcqRel);
         let r = &denial.refusal;
-        build_error(
+        Some(build_error(
             "ERROR",
             &r.sqlstate,
             &r.message,
             r.detail.as_deref(),
             r.hint.as_deref(),
-        )
+        ))
     }
 }
 

@@ -324,6 +324,18 @@ async fn relay_session(
             .await;
             format!("target protocol violation: {reason}")
         }
+        End::MaskingFailed(reason) => {
+            fatal(
+                &mut client_write,
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "pgward could not mask this result and closed the session rather than show it",
+                Some(&reason),
+                Some("select the masked columns plainly, or ask for access to the clear values"),
+            )
+            .await;
+            let _ = server_write.shutdown().await;
+            format!("masking failed: {reason}")
+        }
         End::Io(e) => format!("I/O error: {e}"),
     }
 }

@@ -10,6 +10,7 @@
 pub mod authentication;
 pub mod backend_key_data;
 pub mod cursor;
+pub mod data_row;
 pub mod error_response;
 pub mod negotiate_protocol_version;
 pub mod parameter_status;
@@ -18,12 +19,14 @@ pub mod password_message;
 pub mod payload;
 pub mod query;
 pub mod ready_for_query;
+pub mod row_description;
 pub mod startup;
 pub mod terminate;
 
 pub use authentication::{auth_cleartext_password, auth_ok, parse_auth, AuthRequest};
 pub use backend_key_data::{build_backend_key_data, parse_backend_key_data, BackendKeyData};
 pub use cursor::Cursor;
+pub use data_row::{build_data_row, parse_data_row};
 pub use error_response::{build_error, build_notice, rebuild, ErrorFields};
 pub use negotiate_protocol_version::{
     build_negotiate_protocol_version, parse_negotiate_protocol_version,
@@ -35,6 +38,7 @@ pub use password_message::{
 };
 pub use query::{build_query, parse_query};
 pub use ready_for_query::{build_ready_for_query, parse_ready_for_query};
+pub use row_description::{parse_row_description, Column};
 pub use startup::{
     build_cancel, build_gssenc_request, build_ssl_request, build_startup, parse_startup,
     StartupPacket,

@@ -1,0 +1,11 @@
+//! Inline masking of result rows: which columns to mask ([`plan`]) and how ([`functions`]).
+//!
+//! Python compiles a session's masking rules into a [`plan::MaskPlan`] keyed by table OID and
+//! attribute number; the relay applies it to every DataRow whose RowDescription names a masked
+//! column. Masked values are valid for the column's type in text and binary format.
+
+pub mod functions;
+pub mod plan;
+
+pub use functions::{MaskError, MaskFunction};
+pub use plan::{MaskPlan, RowMasker};

@@ -19,7 +19,7 @@ use super::gateway::Gateway;
 use super::masking::{Action, ClientSide, Expectations, ServerSide};
 use crate::decide::bridge::{Answer, Request};
 use crate::decide::types::{Decision, Refusal, Scope};
-use crate::net::framing::{peek_header, FrameError};
+use crate::net::framing::{peek_header, FrameError, Header};
 use crate::net::messages::{
     build_error, build_parse, build_query, parse_parse, parse_query, ErrorFields,
 };
@@ -130,40 +130,27 @@ impl<'a> Relay<'a> {
         let max = self.gw.config.max_message_size;
         let masking = !self.scope.mask_plan.is_empty();
         let mut shapes = ClientSide::default();
-        // Bytes of a streamed (uninspected) message still to come from the client.
-        let mut streaming: usize = 0;
+        let mut walker = Walker::default();
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         loop {
             let mut run = 0usize;
             let mut terminate = false;
             loop {
-                if streaming > 0 {
-                    let n = streaming.min(buf.len() - run);
-                    run += n;
-                    streaming -= n;
-                    if streaming > 0 {
-                        break;
-                    }
-                }
-                let rest = buf.get(run..).unwrap_or_default();
-                let header = match peek_header(rest, max) {
+                let header = match walker.next(&buf, &mut run, max) {
                     Ok(Some(h)) => h,
                     Ok(None) => break,
                     Err(e) => return End::ClientProtocol(frame_error_text(&e)),
                 };
+                let rest = buf.get(run..).unwrap_or_default();
                 let tag = header.tag;
                 let whole = matches!(tag, b'Q' | b'P') || (masking && ClientSide::inspects(tag));
                 if !whole {
                     if matches!(tag, b'S' | b'F') {
                         self.shared.segments_sent.fetch_add(1, Ordering::AcqRel);
                     }
+                    walker.pass(header, rest.len(), &mut run);
                     if tag == b'X' {
                         terminate = true;
-                    }
-                    let have = rest.len().min(header.len);
-                    run += have;
-                    streaming = header.len - have;
-                    if terminate {
                         break;
                     }
                     continue;
@@ -308,40 +295,30 @@ impl<'a> Relay<'a> {
     {
         let masking = !self.scope.mask_plan.is_empty();
         let mut shapes = ServerSide::new(Arc::clone(&self.scope.mask_plan));
-        let mut streaming: usize = 0;
+        let mut walker = Walker::default();
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         let mut fatal_sent = false;
         loop {
             let mut run = 0usize;
             loop {
-                if streaming > 0 {
-                    let n = streaming.min(buf.len() - run);
-                    run += n;
-                    streaming -= n;
-                    if streaming > 0 {
-                        break;
-                    }
-                }
-                let rest = buf.get(run..).unwrap_or_default();
-                let header = match peek_header(rest, SERVER_MAX_MESSAGE) {
+                let header = match walker.next(&buf, &mut run, SERVER_MAX_MESSAGE) {
                     Ok(Some(h)) => h,
                     Ok(None) => break,
                     Err(e) => return End::ServerProtocol(frame_error_text(&e)),
                 };
+                let rest = buf.get(run..).unwrap_or_default();
                 let tag = header.tag;
                 let whole = tag == b'E' || (masking && ServerSide::inspects(tag));
                 if tag == b'Z' && rest.len() >= header.len {
                     self.ready_for_query();
                 }
                 if !whole {
-                    let have = rest.len().min(header.len);
-                    if tag == b'Z' && have < header.len {
+                    if tag == b'Z' && rest.len() < header.len {
                         // A ReadyForQuery split across reads: account for it once it is whole.
-                        buf.reserve(header.len - have);
+                        buf.reserve(header.len - rest.len());
                         break;
                     }
-                    run += have;
-                    streaming = header.len - have;
+                    walker.pass(header, rest.len(), &mut run);
                     continue;
                 }
                 if rest.len() < header.len {
@@ -435,6 +412,42 @@ impl<'a> Relay<'a> {
             r.detail.as_deref(),
             r.hint.as_deref(),
         ))
+    }
+}
+
+/// Walks the messages in a read buffer. Messages the relay does not inspect may pass through
+/// before they are whole (`pass`); the walker then skips the rest of them as it arrives.
+#[derive(Default)]
+struct Walker {
+    /// Bytes of a passing message still to come.
+    streaming: usize,
+}
+
+impl Walker {
+    /// The header of the next message at `run`, or `None` when more bytes are needed. Bytes of a
+    /// passing message are added to `run` first.
+    fn next(
+        &mut self,
+        buf: &[u8],
+        run: &mut usize,
+        max: usize,
+    ) -> Result<Option<Header>, FrameError> {
+        if self.streaming > 0 {
+            let n = self.streaming.min(buf.len() - *run);
+            *run += n;
+            self.streaming -= n;
+            if self.streaming > 0 {
+                return Ok(None);
+            }
+        }
+        peek_header(buf.get(*run..).unwrap_or_default(), max)
+    }
+
+    /// Let the message at `run` pass uninspected; `available` bytes of it are in the buffer.
+    fn pass(&mut self, header: Header, available: usize, run: &mut usize) {
+        let have = available.min(header.len);
+        *run += have;
+        self.streaming = header.len - have;
     }
 }
 

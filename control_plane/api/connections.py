@@ -15,7 +15,7 @@ from control_plane.connections.schemas import (
     ConnectionSpec,
     ResourceName,
 )
-from control_plane.connections.service import etag
+from control_plane.store.etags import etag
 from control_plane.store.models import Connection
 
 router = APIRouter(prefix="/v1/connections", tags=["connections"], responses=PROBLEM_RESPONSES)

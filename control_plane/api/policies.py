@@ -13,7 +13,8 @@ from control_plane.api.problems import PROBLEM_RESPONSES
 from control_plane.connections.schemas import ResourceName
 from control_plane.policy.documents import PolicyDocument
 from control_plane.policy.runtime import policy_changed
-from control_plane.policy.service import PolicyService, etag
+from control_plane.policy.service import PolicyService
+from control_plane.store.etags import etag
 from control_plane.store.models import Policy
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"], responses=PROBLEM_RESPONSES)

@@ -15,6 +15,7 @@ from control_plane.config import Settings, get_settings
 from control_plane.connections.schemas import ConnectionCreate, ConnectionSpec
 from control_plane.store.crypto import SecretBox
 from control_plane.store.errors import AlreadyExistsError, NotFoundError, PreconditionFailedError
+from control_plane.store.etags import if_match_ok
 from control_plane.store.models import Connection
 from control_plane.store.paging import Page, decode_cursor, page_of
 from control_plane.store.repositories import ConnectionRepository
@@ -34,21 +35,6 @@ class ConnectionTarget:
     password: str | None = field(repr=False)  # decrypted; never log
     tls_mode: str
     sslrootcert_path: str | None
-
-
-def etag(connection: Connection) -> str:
-    # The id is part of the tag so a deleted and re-created connection never matches an old tag.
-    return f'"{connection.id.hex[:12]}-{connection.version}"'
-
-
-def if_match_ok(if_match: str | None, current: Connection | None) -> bool:
-    """RFC 9110 If-Match with strong comparison; no header always passes."""
-    if if_match is None:
-        return True
-    if current is None:
-        return False
-    tags = [tag.strip() for tag in if_match.split(",")]
-    return "*" in tags or etag(current) in tags
 
 
 class ConnectionService:

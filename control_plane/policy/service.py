@@ -10,24 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from control_plane.policy.documents import PolicyDocument
 from control_plane.store.db import SessionMaker
 from control_plane.store.errors import InvalidInputError, NotFoundError, PreconditionFailedError
+from control_plane.store.etags import if_match_ok
 from control_plane.store.models import Policy, PolicyVersion
 from control_plane.store.paging import Page, decode_cursor, page_of
 from control_plane.store.repositories import PolicyRepository
-
-
-def etag(policy: Policy) -> str:
-    # The id is part of the tag so a deleted and re-created policy never matches an old tag.
-    return f'"{policy.id.hex[:12]}-{policy.version}"'
-
-
-def if_match_ok(if_match: str | None, current: Policy | None) -> bool:
-    """RFC 9110 If-Match with strong comparison; no header always passes."""
-    if if_match is None:
-        return True
-    if current is None:
-        return False
-    tags = [tag.strip() for tag in if_match.split(",")]
-    return "*" in tags or etag(current) in tags
 
 
 class PolicyService:

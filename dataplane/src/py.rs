@@ -301,6 +301,7 @@ impl Dataplane {
             identity: optional::<String>(scope, "identity")?.unwrap_or_default(),
             setup_sql: optional::<String>(scope, "setup_sql")?.filter(|s| !s.trim().is_empty()),
             mask_plan: Arc::new(convert_masks(scope)?),
+            allow_function_call: optional::<bool>(scope, "allow_function_call")?.unwrap_or(false),
             upstream: UpstreamTarget {
                 host: required(upstream, "host")?.extract()?,
                 port: required(upstream, "port")?.extract()?,

@@ -126,3 +126,23 @@ def test_repeated_statements_cost_no_python_call(gateway: Gateway, conn: psycopg
         conn.execute(f"select name from shop.customers where id = {i} /* warm */")
     assert proxy_metric(gateway, "python_decisions") == before
     assert proxy_metric(gateway, "cache_hits_fingerprint") >= hits_before + 50
+
+
+def test_fastpath_function_call_is_refused_and_the_session_goes_on(gateway: Gateway) -> None:
+    import struct
+
+    from tests.gateway.wire import Wire, message, query
+
+    w = Wire.connect_tls(gateway.host, gateway.port, gateway.sslrootcert)
+    assert w.login("ci", gateway.ci_token)[-1].tag == b"Z"
+    # pg_read_file(text) is OID 2624: reachable by OID only through the fastpath protocol.
+    arg = b"/etc/hosts"
+    body = struct.pack("!Ihhi", 2624, 0, 1, len(arg)) + arg + struct.pack("!h", 0)
+    w.send(message(b"F", body))
+    replies = w.read_until(b"Z")
+    error = next(m for m in replies if m.tag == b"E").fields()
+    assert error["C"] == "42501" and "fastpath" in error["M"]
+    assert not any(m.tag == b"V" for m in replies)
+    w.send(query("select 7"))
+    assert any(m.tag == b"D" and m.body.endswith(b"7") for m in w.read_until(b"Z"))
+    w.close()

@@ -56,4 +56,6 @@ pub struct Scope {
     pub setup_sql: Option<String>,
     /// Columns this session sees masked; empty means the relay never looks at rows.
     pub mask_plan: Arc<MaskPlan>,
+    /// Whether FunctionCall (fastpath, by function OID) messages may pass; off unless a policy says.
+    pub allow_function_call: bool,
 }

@@ -143,7 +143,8 @@ impl<'a> Relay<'a> {
                 };
                 let rest = buf.get(run..).unwrap_or_default();
                 let tag = header.tag;
-                let whole = matches!(tag, b'Q' | b'P') || (masking && ClientSide::inspects(tag));
+                let whole =
+                    matches!(tag, b'Q' | b'P' | b'F') || (masking && ClientSide::inspects(tag));
                 if !whole {
                     if matches!(tag, b'S' | b'F') {
                         self.shared.segments_sent.fetch_add(1, Ordering::AcqRel);
@@ -164,7 +165,9 @@ impl<'a> Relay<'a> {
                     run = 0;
                 }
                 let frame = buf.split_to(header.len).freeze();
-                let forward = if matches!(tag, b'Q' | b'P') {
+                let forward = if tag == b'F' && !self.scope.allow_function_call {
+                    self.refuse_function_call()
+                } else if matches!(tag, b'Q' | b'P') {
                     match self.statement(&frame).await {
                         Ok(Some(substitute)) => substitute,
                         Ok(None) => frame,
@@ -230,13 +233,7 @@ impl<'a> Relay<'a> {
         match decision {
             Decision::Allow => Ok(None),
             Decision::Deny(refusal) => {
-                self.gw.stats.denials.fetch_add(1, Ordering::Relaxed);
-                let segment = self.shared.segments_sent.load(Ordering::Acquire);
-                self.shared
-                    .denials
-                    .lock()
-                    .push_back(PendingDenial { segment, refusal });
-                self.shared.denial_count.fetch_add(1, Ordering::AcqRel);
+                self.record_denial(refusal);
                 let substitute = match parse_name {
                     None => build_query(&self.shared.marker),
                     Some(name) => build_parse(name, &self.shared.marker, &[]),
@@ -244,6 +241,31 @@ impl<'a> Relay<'a> {
                 Ok(Some(substitute))
             }
         }
+    }
+
+    fn record_denial(&self, refusal: Arc<Refusal>) {
+        self.gw.stats.denials.fetch_add(1, Ordering::Relaxed);
+        let segment = self.shared.segments_sent.load(Ordering::Acquire);
+        self.shared
+            .denials
+            .lock()
+            .push_back(PendingDenial { segment, refusal });
+        self.shared.denial_count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The fastpath FunctionCall names a function by OID, out of reach of statement policies
+    /// (it can call `pg_read_file` as well as `lo_open`), so it is refused unless the scope allows
+    /// it. The substitute Query makes the server answer ErrorResponse + ReadyForQuery, which is
+    /// what a client of a failed FunctionCall expects.
+    fn refuse_function_call(&self) -> Bytes {
+        let mut refusal = Refusal::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            "the fastpath function call protocol is not allowed through pgward",
+        );
+        refusal.hint =
+            Some("call the function with SELECT instead, where policies can see it".into());
+        self.record_denial(Arc::new(refusal));
+        build_query(&self.shared.marker)
     }
 
     async fn decide(&self, sql: &str, source: &'static str) -> Decision {

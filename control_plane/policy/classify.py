@@ -70,6 +70,7 @@ class Analysis:
     execute: str | None = None
     deallocate: str | None = None  # a name, or "*" for DEALLOCATE ALL / DISCARD ALL
     unqualified: bool = False  # names an unqualified object, so the decision depends on search_path
+    node: dict[str, Any] | None = None  # the statement's parse tree (masked sessions analyse it again)
 
     def need(self, cls: str, obj: ObjectRef | None = None) -> None:
         self.classes.add(cls)
@@ -123,7 +124,7 @@ def analyze_node(node: dict[str, Any] | None, text: str) -> Analysis:
     if not node:
         return Analysis(kind="Empty", text=text)
     ((kind, body),) = node.items()
-    a = Analysis(kind=kind, text=text)
+    a = Analysis(kind=kind, text=text, node=node)
     _Walker(a).statement(kind, body)
     return a
 

@@ -152,6 +152,70 @@ class Guardrails(BaseModel):
     )
 
 
+# Masking functions from the strictest to the weakest: when two rules mask one column, the stricter wins.
+MASK_FUNCTIONS: tuple[str, ...] = ("null", "redact", "hash", "default", "last4", "partial", "email")
+MaskFunction = Literal["null", "redact", "hash", "default", "last4", "partial", "email"]
+# `schema.table.column` with shell-style wildcards in each part.
+ColumnPattern = Annotated[str, StringConstraints(min_length=1, max_length=300)]
+TagName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}$")]
+
+
+def split_column_pattern(pattern: str) -> tuple[str, str, str]:
+    """(schema glob, table glob, column glob) of a column pattern (`shop.*.ssn`)."""
+    parts = pattern.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(
+            f'column pattern "{pattern}" must look like schema.table.column (wildcards allowed: shop.*.ssn)'
+        )
+    return parts[0], parts[1], parts[2]
+
+
+class MaskingRule(BaseModel):
+    """Columns (by pattern or by tag) whose values the policy's subjects see masked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        default=None, max_length=100, description="Shown in decisions; default masking[i]"
+    )
+    columns: list[ColumnPattern] = Field(
+        default_factory=list, description="schema.table.column globs (shop.customers.email, shop.*.ssn)"
+    )
+    tags: list[TagName] = Field(
+        default_factory=list, description="Column tags (from column_tags of any policy on the connection)"
+    )
+    function: MaskFunction = Field(description="How values are masked; see docs/masking.md")
+    text: str | None = Field(
+        default=None, max_length=200, description="redact: the replacement text (omitted: NULL)"
+    )
+    first: int = Field(default=0, ge=0, le=100, description="partial: characters kept at the start")
+    last: int = Field(default=0, ge=0, le=100, description="partial: characters kept at the end")
+    exempt_groups: list[GroupOrUser] = Field(
+        default_factory=list, description="Groups that see these columns in clear"
+    )
+
+    @field_validator("columns")
+    @classmethod
+    def _column_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            split_column_pattern(pattern)
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> MaskingRule:
+        if not self.columns and not self.tags:
+            raise ValueError("a masking rule names at least one column pattern or tag")
+        if self.text is not None and self.function != "redact":
+            raise ValueError("text is a parameter of the redact function only")
+        if self.text is not None and "\x00" in self.text:
+            raise ValueError("text contains a NUL character")
+        if (self.first or self.last) and self.function != "partial":
+            raise ValueError("first and last are parameters of the partial function only")
+        if self.function == "partial" and not (self.first or self.last):
+            raise ValueError("partial keeps first and/or last characters: set at least one of them")
+        return self
+
+
 GUARDRAILS: tuple[str, ...] = (
     "no_unbounded_write",
     "no_drop_database",
@@ -182,6 +246,21 @@ class PolicyDocument(BaseModel):
     )
     rules: list[Rule] = Field(min_length=1)
     guardrails: Guardrails = Field(default_factory=Guardrails)
+    masking: list[MaskingRule] = Field(
+        default_factory=list, description="Columns the subjects see masked (docs/masking.md)"
+    )
+    column_tags: dict[ColumnPattern, list[TagName]] = Field(
+        default_factory=dict,
+        description="Tags of columns of the policy's connections (schema.table.column globs); they apply "
+        "to the masking rules of every policy on those connections",
+    )
+
+    @field_validator("column_tags")
+    @classmethod
+    def _tagged_columns(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for pattern in value:
+            split_column_pattern(pattern)
+        return value
 
     @field_validator("session_context")
     @classmethod

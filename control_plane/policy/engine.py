@@ -14,6 +14,7 @@ from control_plane.policy.classify import (
     CACHE_FINGERPRINT,
     CACHE_NAMES,
     CACHE_NONE,
+    CACHE_TEXT,
     ONLY_PINNED,
     ONLY_READ_ONLY,
     Analysis,
@@ -25,8 +26,13 @@ from control_plane.policy.classify import (
 )
 from control_plane.policy.documents import GUARDRAILS, READ_ONLY_CLASSES, PolicyDocument, split_pattern
 from control_plane.policy.functions import CATALOG_RELATIONS
+from control_plane.policy.leaks import Leak, check_statement, created_relation
+from control_plane.policy.masking import ResolvedMasks, SessionMasking, session_masking
 
-DEFAULT_SEARCH_PATH = ('"$user"', "public")
+# The gateway pins the search_path of every session (in setup_sql) so that the schema an
+# unqualified name resolves to is the one the policy checked. `"$user"` is left out of the default:
+# it would make every unqualified name depend on schemas named after roles.
+DEFAULT_SEARCH_PATH = ("public",)
 CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 # Classes whose table-less form (DO, CREATE SCHEMA, GRANT on a database, …) can reach any object, so only
 # a rule without a `tables` limit may allow it.
@@ -96,6 +102,12 @@ class PolicySet:
         digest = hashlib.sha256(json.dumps([p.doc.spec() for p in compiled], sort_keys=True).encode())
         return cls(f"{revision}-{digest.hexdigest()[:10]}", compiled)
 
+    def on_connection(self, connection: str) -> tuple[CompiledPolicy, ...]:
+        return tuple(p for p in self.policies if p.doc.applies_to_connection(connection))
+
+    def masks_anything(self, connection: str) -> bool:
+        return any(p.doc.masking for p in self.on_connection(connection))
+
     def applicable(self, identity: Identity, connection: str) -> tuple[CompiledPolicy, ...]:
         return tuple(
             p for p in self.policies if p.doc.applies_to_connection(connection) and p.applies_to(identity)
@@ -126,6 +138,7 @@ class SessionGrant:
     login_role: str
     search_path: tuple[str, ...]
     may_read: bool
+    masking: SessionMasking = field(default_factory=SessionMasking)
 
     @property
     def pinned(self) -> bool:
@@ -151,7 +164,7 @@ class SessionGrant:
 
     def setup_sql(self) -> str | None:
         """SQL the gateway runs upstream before the client's first ReadyForQuery."""
-        parts = []
+        parts = ["SET search_path = " + ", ".join(_search_path_item(s) for s in self.search_path)]
         if self.run_as:
             parts.append(f"SET ROLE {quote_ident(self.run_as)}")
         for key, value in sorted(self.context.items()):
@@ -161,7 +174,11 @@ class SessionGrant:
             )
         if self.read_only:
             parts.append("SET default_transaction_read_only = on")
-        return "; ".join(parts) or None
+        return "; ".join(parts)
+
+
+def _search_path_item(schema: str) -> str:
+    return schema if schema == '"$user"' else quote_ident(schema)
 
 
 @dataclass
@@ -210,9 +227,18 @@ class SessionState:
     grant: SessionGrant
     paths: list[tuple[str, ...]]
     prepared: dict[str, list[Analysis]] = field(default_factory=dict)
+    masks: ResolvedMasks | None = None  # the session's masks on its catalog snapshot
+    # Relations this masked session created after its snapshot (clean: their data passed the analysis).
+    created: frozenset[tuple[str | None, str]] = frozenset()
 
     def copy(self) -> SessionState:
-        return SessionState(self.grant, list(self.paths), {k: list(v) for k, v in self.prepared.items()})
+        return SessionState(
+            self.grant,
+            list(self.paths),
+            {k: list(v) for k, v in self.prepared.items()},
+            self.masks,
+            self.created,
+        )
 
 
 def quote_ident(name: str) -> str:
@@ -359,6 +385,19 @@ class PolicyEngine:
                         hint="ask a pgward administrator to make the policies agree",
                     )
                 context[k] = value
+        masking = session_masking(
+            [p.doc for p in policies],
+            [p.doc for p in self.policy_set.on_connection(connection)],
+            identity.groups,
+        )
+        if masking.undefined_tags:
+            return Refusal(
+                "28000",
+                f'masking rules for "{identity.username}" name column tags that no policy on '
+                f'"{connection}" assigns: {", ".join(masking.undefined_tags)}',
+                detail="pgward refuses the session rather than leave those columns in clear",
+                hint="ask a pgward administrator to define the tags (column_tags) or fix the rules",
+            )
         rules = tuple(r for p in policies for r in p.rules)
         allows = [r for r in rules if r.action == "allow"]
         read_only = all(r.classes <= READ_ONLY_CLASSES for r in allows)
@@ -378,10 +417,17 @@ class PolicyEngine:
             login_role=role,
             search_path=tuple(s if s != "$user" else '"$user"' for s in path),
             may_read=any("read" in r.classes for r in allows),
+            masking=masking,
         )
 
     def open_session(self, session_id: int, grant: SessionGrant) -> None:
         self.sessions[session_id] = SessionState(grant, [grant.search_path])
+
+    def set_masks(self, session_id: int, masks: ResolvedMasks) -> None:
+        """The masks the data plane applies to this session: statements are checked against them."""
+        state = self.sessions.get(session_id)
+        if state is not None:
+            state.masks = masks
 
     def close_session(self, session_id: int) -> None:
         state = self.sessions.pop(session_id, None)
@@ -459,6 +505,20 @@ class PolicyEngine:
                         f"statement {i + 1} of {len(statements)}; the whole query was refused"
                     )
                 break
+        if decision.action == "allow" and state.masks is not None:
+            refusal, touched = self._masking(state, statements)
+            if refusal is not None:
+                decision.action, decision.sqlstate = "deny", "42501"
+                decision.message, decision.detail, decision.hint = (
+                    refusal.message,
+                    refusal.detail,
+                    refusal.hint,
+                )
+                decision.policy, decision.rule = None, "masking"
+            if touched:
+                # Fingerprints ignore column aliases, and leak analysis follows them through
+                # sub-selects: `(select email as x, lower(email) as y …)` vs the swapped aliases.
+                cache = min(cache, CACHE_TEXT)
         if unqualified and (len(state.paths) > 1 or self._diverged.get(state.grant.cache_key)):
             cache = CACHE_NONE
         decision.cache = CACHE_NAMES[cache]
@@ -466,8 +526,53 @@ class PolicyEngine:
             self._commit(session_id, opened, state)
         return decision
 
+    def _masking(self, state: SessionState, statements: Sequence[Analysis]) -> tuple[Refusal | None, bool]:
+        """Leak analysis of a masked session's statements: (refusal or None, read a masked relation)."""
+        masks = state.masks
+        assert masks is not None
+        grant = state.grant
+        schemas: list[str] = []
+        for path in state.paths:
+            for s in path:
+                name = grant.login_role if s in ('"$user"', "$user") else s
+                if name not in schemas:
+                    schemas.append(name)
+        touched = False
+        for a in statements:
+            analyses = [a, *(state.prepared.get(a.execute, []) if a.execute else [])]
+            try:
+                for item in analyses:
+                    for need in item.needs:
+                        if need.cls == "function_call" and need.obj is not None:
+                            raise Leak(
+                                f"function {need.obj}() could return masked data in clear, and this "
+                                "session has masked columns"
+                            )
+                    touched = (
+                        check_statement(item.node, masks.index, tuple(schemas), state.created) or touched
+                    )
+                    made = created_relation(item.node)
+                    if made is not None:
+                        state.created = state.created | {made}
+            except Leak as leak:
+                # Refusals depend on names too (a cached refusal must not cover a swapped alias).
+                touched = True
+                return (
+                    Refusal(
+                        "42501",
+                        f"refused by pgward: {leak.message}",
+                        f"masking rules of policies {', '.join(grant.policies)} apply to this session; "
+                        "pgward masks columns by where they come from and refuses what it cannot mask",
+                        "select masked columns plainly (they come back masked), or ask for an exemption: "
+                        + self.request_hint(grant.connection),
+                    ),
+                    touched,
+                )
+        return None, touched
+
     def _commit(self, session_id: int, opened: SessionState, state: SessionState) -> None:
         opened.prepared = state.prepared
+        opened.created = state.created
         if state.paths != opened.paths:
             opened.paths = state.paths
             key = opened.grant.cache_key

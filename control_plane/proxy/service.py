@@ -12,10 +12,18 @@ from typing import Any
 import structlog
 
 from control_plane.config import Settings
-from control_plane.connections.service import get_connection_for_session
+from control_plane.connections.service import ConnectionTarget, get_connection_for_session
 from control_plane.identity.credentials import AuthError, CredentialVerifier, Identity
 from control_plane.identity.throttle import LoginThrottle
 from control_plane.policy.engine import PolicyEngine, Refusal
+from control_plane.policy.masking import (
+    CatalogCache,
+    MaskingUnavailable,
+    ResolvedMasks,
+    SessionMasking,
+    mask_key,
+    resolve,
+)
 from control_plane.policy.runtime import PolicyWatcher
 from control_plane.store.db import SessionMaker
 
@@ -41,6 +49,8 @@ FORWARDED_STARTUP_PARAMS = frozenset(
         "geqo",
     }
 )
+# Classes whose statements can change the target's catalog (what masks resolve against).
+CATALOG_CHANGING_CLASSES = frozenset({"ddl", "destructive_ddl", "admin"})
 # Set by the client on the wire but decided by the gateway itself.
 GATEWAY_STARTUP_PARAMS = frozenset({"user", "database", "replication"})
 
@@ -78,6 +88,10 @@ class DecisionService:
         self.engine.on_cache_unsafe.append(self._invalidate)
         self._started = False
         self._start_lock = asyncio.Lock()
+        self.catalogs = CatalogCache()
+        # Resolved masks by (rules, catalog snapshot): sessions of one identity share the work.
+        self._resolved: dict[tuple[str, str], ResolvedMasks] = {}
+        self._mask_key: str | None = None
 
     async def start(self) -> None:
         """Load the policies and watch the store for changes (idempotent)."""
@@ -149,7 +163,23 @@ class DecisionService:
             if grant.detail:
                 answer["detail"] = grant.detail
             return answer
+        masks: ResolvedMasks | None = None
+        if grant.masking.active:
+            try:
+                masks = await self._masks(grant.masking, target)
+            except MaskingUnavailable as e:
+                # Never start a session without its masks.
+                log.warning("masking could not be established", connection=target.name, error=str(e))
+                return _refusal(
+                    "28000",
+                    f'masking could not be established for connection "{target.name}", so pgward '
+                    "will not start the session",
+                    hint=f"pgward could not read the target's catalog ({e}); try again, or ask the "
+                    "pgward operator to check the connection",
+                )
         self.engine.open_session(request["session_id"], grant)
+        if masks is not None:
+            self.engine.set_masks(request["session_id"], masks)
         self.sessions[request["session_id"]] = SessionInfo(identity, target.name, client_addr)
         log.info(
             "session authorised",
@@ -160,13 +190,21 @@ class DecisionService:
             policies=list(grant.policies),
             run_as=grant.run_as,
             read_only=grant.read_only,
+            masked_columns=len(masks.masks) if masks else 0,
         )
+        # The grant's key has the policy version, identity, groups and connection; the deny list's
+        # hash joins it so a changed deny list never reuses cached decisions either. Masked sessions
+        # add their rules and catalog snapshot: leak analysis depends on both, so sessions with
+        # different masks never share cached decisions.
+        scope_key = f"{grant.cache_key}|{self.policy_version}"
+        if masks is not None:
+            scope_key += f"|m{grant.masking.key()}-{masks.digest}"
         return {
             "ok": True,
             "scope": {
-                # The grant's key has the policy version, identity, groups and connection; the deny list's
-                # hash joins it so a changed deny list never reuses cached decisions either.
-                "scope_key": f"{grant.cache_key}|{self.policy_version}",
+                "scope_key": scope_key,
+                "masks": masks.scope_masks() if masks is not None else [],
+                "mask_key": self._hash_key() if masks is not None else "",
                 "setup_sql": grant.setup_sql(),
                 "identity": identity.subject,
                 "upstream": {
@@ -182,6 +220,22 @@ class DecisionService:
             },
         }
 
+    async def _masks(self, masking: SessionMasking, target: ConnectionTarget) -> ResolvedMasks:
+        catalog = await self.catalogs.get(target)
+        key = (f"{target.name}|{masking.key()}", catalog.digest)
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            resolved = resolve(masking, catalog)
+            if len(self._resolved) > 256:
+                self._resolved.clear()
+            self._resolved[key] = resolved
+        return resolved
+
+    def _hash_key(self) -> str:
+        if self._mask_key is None:
+            self._mask_key = mask_key(self.settings.secret_key_bytes())
+        return self._mask_key
+
     def decide(self, request: dict[str, Any]) -> dict[str, Any]:
         session_id: int = request["session_id"]
         info = self.sessions.get(session_id)
@@ -196,6 +250,12 @@ class DecisionService:
         decision = self.engine.decide(
             info.identity, info.connection, session_id, request["sql"], request.get("source", "query")
         )
+        if decision.action == "allow" and CATALOG_CHANGING_CLASSES & set(decision.classes):
+            # The statement may change what masks resolve to: the next session reads the catalog anew.
+            self.catalogs.invalidate(info.connection)
+            if self.engine.policy_set.masks_anything(info.connection):
+                # A cached decision would skip this invalidation when the statement is repeated.
+                decision.cache = "none"
         if decision.action == "allow":
             for kind in decision.kinds:
                 if kind in self.deny_kinds:

@@ -62,11 +62,12 @@ def test_session_scope_setup_sql(engine: PolicyEngine) -> None:
     alice = opened(engine, ALICE)
     assert alice.read_only and alice.run_as == "shop_reader"
     assert alice.setup_sql() == (
-        "SET ROLE \"shop_reader\"; SELECT pg_catalog.set_config('pgward.user', 'alice', false); "
+        "SET search_path = \"public\"; SET ROLE \"shop_reader\"; "
+        "SELECT pg_catalog.set_config('pgward.user', 'alice', false); "
         "SET default_transaction_read_only = on"
     )
     bob = opened(engine, BOB, 2)
-    assert not bob.read_only and bob.run_as is None and bob.setup_sql() is None
+    assert not bob.read_only and bob.run_as is None and bob.setup_sql() == "SET search_path = \"public\""
 
 
 def test_quoting_in_setup_sql() -> None:
@@ -83,6 +84,7 @@ def test_quoting_in_setup_sql() -> None:
     grant = PolicyEngine(PolicySet.build([doc])).session_scope(person("o'brien"), "shop")
     assert isinstance(grant, SessionGrant)
     assert grant.setup_sql() == (
+        "SET search_path = \"public\"; "
         "SET ROLE \"we\"\"ird\"; SELECT pg_catalog.set_config('pgward.who', E'o''brien\\\\x', false); "
         "SET default_transaction_read_only = on"
     )

@@ -108,15 +108,16 @@ pub fn is_text_type(type_oid: u32) -> bool {
 }
 
 fn partial(s: &str, first: usize, last: usize) -> String {
-    let chars: Vec<char> = s.chars().collect();
-    let n = chars.len();
+    let n = s.chars().count();
     if first + last >= n {
         // Keeping that much would show everything: star it all.
         return "*".repeat(n.max(1));
     }
-    let head: String = chars.iter().take(first).collect();
-    let tail: String = chars.iter().skip(n - last).collect();
-    format!("{head}{}{tail}", "*".repeat(n - first - last))
+    let mut out = String::with_capacity(s.len());
+    for (i, c) in s.chars().enumerate() {
+        out.push(if i < first || i >= n - last { c } else { '*' });
+    }
+    out
 }
 
 fn email(s: &str) -> String {

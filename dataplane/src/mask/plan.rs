@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::functions::MaskFunction;
-use crate::net::messages::{build_data_row, parse_data_row, Column, MessageError};
+use crate::net::messages::{parse_data_row, Column, MessageError};
 
 /// The session's masking rules compiled to column origins: (table OID, attribute number).
 #[derive(Debug, Clone, Default)]
@@ -49,7 +49,7 @@ pub struct RowMasker {
 }
 
 impl RowMasker {
-    /// Mask one DataRow *body* and return the new frame.
+    /// Mask one DataRow *body* and return the new frame, written in one pass into one buffer.
     pub fn mask(&self, body: &[u8]) -> Result<Bytes, MessageError> {
         let fields = parse_data_row(body)?;
         if fields.len() != self.actions.len() {
@@ -59,22 +59,46 @@ impl RowMasker {
                 self.actions.len()
             )));
         }
-        let masked: Vec<Option<Vec<u8>>> = fields
-            .iter()
-            .zip(&self.actions)
-            .map(|(field, action)| match (field, action) {
-                (Some(v), Some((f, ty, binary))) => f.apply(*ty, *binary, v),
-                (v, _) => v.map(<[u8]>::to_vec),
-            })
-            .collect();
-        build_data_row(masked.iter().map(|f| f.as_deref()), body.len())
+        let mut out = BytesMut::with_capacity(body.len() + 64);
+        out.put_u8(b'D');
+        out.put_i32(0);
+        out.put_i16(
+            i16::try_from(fields.len())
+                .map_err(|_| MessageError::Invalid("too many fields".into()))?,
+        );
+        for (field, action) in fields.iter().zip(&self.actions) {
+            let masked;
+            let value = match (field, action) {
+                (Some(v), Some((f, ty, binary))) => {
+                    masked = f.apply(*ty, *binary, v);
+                    masked.as_deref()
+                }
+                (v, _) => *v,
+            };
+            match value {
+                None => out.put_i32(-1),
+                Some(v) => {
+                    out.put_i32(
+                        i32::try_from(v.len())
+                            .map_err(|_| MessageError::Invalid("field too large".into()))?,
+                    );
+                    out.put_slice(v);
+                }
+            }
+        }
+        let len = i32::try_from(out.len() - 1)
+            .map_err(|_| MessageError::Invalid("row too large".into()))?;
+        if let Some(slot) = out.get_mut(1..5) {
+            slot.copy_from_slice(&len.to_be_bytes());
+        }
+        Ok(out.freeze())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::messages::parse_data_row;
+    use crate::net::messages::{build_data_row, parse_data_row};
     use proptest::prelude::*;
 
     fn col(table_oid: u32, attnum: i16, type_oid: u32) -> Column {

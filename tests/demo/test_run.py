@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -138,14 +137,6 @@ def test_listen_settings_from_environment(
     assert data["api_url"] == "http://[::1]:7002"
 
 
-def _gateway_missing() -> str | None:
-    for module in ("control_plane.proxy.server", "control_plane._dataplane"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not there yet (the gateway or its Rust extension is not built)"
-    return None
-
-
-@pytest.mark.skipif(_gateway_missing() is not None, reason=str(_gateway_missing()))
 def test_pgward_demo_end_to_end(pg_tmp_path: Path) -> None:
     state = pg_tmp_path / "state"
     proxy_port, api_port = _free_port(), _free_port()

@@ -22,12 +22,14 @@ from control_plane.policy.classify import (
     ObjectRef,
     Unparsable,
     analyze,
+    analyze_node,
+    parse,
     parse_search_path,
 )
 from control_plane.policy.documents import GUARDRAILS, READ_ONLY_CLASSES, PolicyDocument, split_pattern
 from control_plane.policy.functions import CATALOG_RELATIONS
 from control_plane.policy.leaks import Leak, check_statement, created_relation
-from control_plane.policy.masking import ResolvedMasks, SessionMasking, session_masking
+from control_plane.policy.masking import Catalog, ResolvedMasks, SessionMasking, session_masking
 
 # The gateway pins the search_path of every session (in setup_sql) so that the schema an
 # unqualified name resolves to is the one the policy checked. `"$user"` is left out of the default:
@@ -37,6 +39,10 @@ CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 # Classes whose table-less form (DO, CREATE SCHEMA, GRANT on a database, …) can reach any object, so only
 # a rule without a `tables` limit may allow it.
 BROAD_CLASSES = frozenset({"function_call", "ddl", "destructive_ddl", "admin"})
+# Classes whose need on a view is also a need on every relation the view reads (views over views too).
+VIEW_EXPANDED_CLASSES = frozenset({"read", "write"})
+# Relation kinds whose rows come from other relations: views and materialized views.
+VIEW_KINDS = frozenset({"v", "m"})
 # Every session may SET/SHOW and use transactions unless a rule denies it: clients and tools (psql,
 # pg_dump, drivers) cannot work without them, and the dangerous forms are guardrails.
 IMPLICIT_CLASSES = frozenset({"session", "transaction"})
@@ -241,6 +247,83 @@ class SessionState:
         )
 
 
+@dataclass(frozen=True)
+class ViewRead:
+    """A relation a view reads, directly or through the views in `via` (outermost first)."""
+
+    relation: ObjectRef
+    via: tuple[ObjectRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class ViewExpansion:
+    """Everything one view reads (transitively), or why pgward cannot tell."""
+
+    reads: tuple[ViewRead, ...] = ()
+    unreadable: str | None = None
+
+
+class CatalogViews:
+    """The views of one catalog snapshot and what each reads, expanded on first use."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.digest = catalog.digest
+        self.views = {(r.schema, r.name): r for r in catalog.relations if r.kind in VIEW_KINDS}
+        self._expanded: dict[int, ViewExpansion] = {}
+
+    def expand(self, schema: str, name: str) -> ViewExpansion | None:
+        """What the view `schema.name` reads; None when it is not a view of this snapshot."""
+        rel = self.views.get((schema, name))
+        if rel is None:
+            return None
+        return self._expand(rel.oid, schema, name, ())
+
+    def _expand(self, oid: int, schema: str, name: str, visiting: tuple[int, ...]) -> ViewExpansion:
+        cached = self._expanded.get(oid)
+        if cached is not None:
+            return cached
+        label = ObjectRef(schema, name)
+        rel = self.views[(schema, name)]
+        if oid in visiting:
+            # PostgreSQL views cannot form cycles; refuse rather than loop if a snapshot says otherwise.
+            return ViewExpansion(unreadable=f"view {label} refers to itself")
+        try:
+            statements = parse(rel.definition or "")
+            if len(statements) != 1 or statements[0][0] is None:
+                raise Unparsable("not one statement")
+            analysis = analyze_node(statements[0][0], statements[0][1])
+        except Unparsable:
+            result = ViewExpansion(unreadable=f"pgward cannot read the definition of view {label}")
+            self._expanded[oid] = result
+            return result
+        reads: list[ViewRead] = []
+        seen: set[ObjectRef] = set()
+        for need in analysis.needs:
+            obj = need.obj
+            if obj is None or obj.kind != "relation":
+                continue
+            # pg_get_viewdef (with an empty search_path) qualifies every name it has to; an unqualified
+            # relation is one found in pg_catalog, which is always searched.
+            ref = ObjectRef(obj.schema or "pg_catalog", obj.name)
+            if ref in seen:
+                continue
+            seen.add(ref)
+            reads.append(ViewRead(ref))
+            inner = self.views.get((ref.schema or "", ref.name))
+            if inner is None:
+                continue
+            nested = self._expand(inner.oid, inner.schema, inner.name, (*visiting, oid))
+            if nested.unreadable is not None:
+                result = ViewExpansion(unreadable=nested.unreadable)
+                self._expanded[oid] = result
+                return result
+            for item in nested.reads:
+                reads.append(ViewRead(item.relation, (ref, *item.via)))
+        result = ViewExpansion(tuple(reads))
+        self._expanded[oid] = result
+        return result
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -297,6 +380,27 @@ class PolicyEngine:
         self._diverged: dict[str, set[int]] = {}
         self.on_cache_unsafe: list[Callable[[], None]] = []
         self._grants: dict[tuple[Any, ...], SessionGrant | Refusal] = {}
+        # The latest catalog snapshot of each connection: views are expanded against it.
+        self.catalogs: dict[str, CatalogViews] = {}
+        self._views_by_digest: dict[str, CatalogViews] = {}
+
+    # --- catalogs ------------------------------------------------------------------------------------
+
+    def set_catalog(self, connection: str, catalog: Catalog) -> None:
+        """Check what views of `connection` read against this snapshot from now on. A snapshot that
+        differs from the previous one makes cached decisions unsafe (a view may read something else)."""
+        previous = self.catalogs.get(connection)
+        if previous is not None and previous.digest == catalog.digest:
+            return
+        views = self._views_by_digest.get(catalog.digest)
+        if views is None:
+            if len(self._views_by_digest) > 64:
+                self._views_by_digest.clear()
+            views = self._views_by_digest[catalog.digest] = CatalogViews(catalog)
+        self.catalogs[connection] = views
+        if previous is not None:
+            for callback in self.on_cache_unsafe:
+                callback()
 
     # --- policies ------------------------------------------------------------------------------------
 
@@ -704,6 +808,8 @@ class PolicyEngine:
                 )
             else:
                 refusal = self._match(grant, cls, candidate, False, decision, what=f"{cls} on {candidate}")
+                if refusal is None and cls in VIEW_EXPANDED_CLASSES and candidate.kind == "relation":
+                    refusal = self._view(grant, cls, candidate, decision)
             if refusal is not None:
                 if candidate is not obj and obj.schema is None:
                     paths = " or ".join(", ".join(p) for p in state.paths)
@@ -714,6 +820,35 @@ class PolicyEngine:
                         f"(search_path {paths})",
                         refusal.hint,
                     )
+                return refusal
+        return None
+
+    def _view(
+        self, grant: SessionGrant, cls: str, obj: ObjectRef, decision: StatementDecision
+    ) -> Refusal | None:
+        """If `obj` is a view, `cls` on it needs `cls` on every relation it reads (recursively)."""
+        views = self.catalogs.get(grant.connection)
+        if views is None or obj.schema is None:
+            return None
+        expansion = views.expand(obj.schema, obj.name)
+        if expansion is None:
+            return None
+        if expansion.unreadable is not None:
+            decision.policy, decision.rule = None, "uncheckable"
+            return Refusal(
+                "42501",
+                f"refused by pgward: {expansion.unreadable}, so it cannot check what {obj} reads",
+                "pgward refuses what it cannot check",
+                self.request_hint(grant.connection),
+            )
+        for item in expansion.reads:
+            base = item.relation
+            through = "".join(f" (through view {v})" for v in item.via[-1:])
+            verb = "reads" if cls == "read" else f"({cls}) reaches"
+            what = f"view {obj} {verb} {base}{through}"
+            catalog = base.schema in CATALOG_SCHEMAS and cls == "read"
+            refusal = self._match(grant, cls, base, False, decision, what=what, catalog=catalog, clause=True)
+            if refusal is not None:
                 return refusal
         return None
 
@@ -752,7 +887,11 @@ class PolicyEngine:
         *,
         what: str,
         catalog: bool = False,
+        clause: bool = False,
     ) -> Refusal | None:
+        # `what` is a noun phrase ("read on t"), or with `clause` a sentence ("view v reads t") that the
+        # verdict joins with ", which".
+        what = f"{what}, which" if clause else what
         if obj is not None:
             name = str(obj)
             if name not in decision.tables:

@@ -45,7 +45,12 @@ ORDER BY c.oid, a.attnum
 
 
 class MaskingUnavailable(Exception):
-    """The target's catalog could not be read: a session with masking rules cannot start."""
+    """The target's catalog could not be read: a session with masking rules (or any session: views are
+    checked against the catalog) cannot start. `unreachable`: pgward could not even connect."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 # --- rules -----------------------------------------------------------------------------------------
@@ -239,16 +244,22 @@ async def load_catalog(target: ConnectionTarget) -> Catalog:
     if target.sslrootcert_path:
         kwargs["sslrootcert"] = target.sslrootcert_path
     try:
-        async with await psycopg.AsyncConnection.connect(**kwargs) as conn:
+        conn = await psycopg.AsyncConnection.connect(**kwargs)
+    except (psycopg.Error, OSError) as exc:
+        raise MaskingUnavailable(_first_line(exc), unreachable=True) from exc
+    try:
+        async with conn:
             # An empty search_path makes pg_get_viewdef qualify every name.
             await conn.execute("SET search_path = ''")
             cur = await conn.execute(_CATALOG_SQL, [list(_RELKINDS)])
             rows = await cur.fetchall()
     except (psycopg.Error, OSError) as exc:
-        raise MaskingUnavailable(
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        ) from exc
+        raise MaskingUnavailable(_first_line(exc)) from exc
     return catalog_from_rows(rows)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 class CatalogCache:

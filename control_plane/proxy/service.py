@@ -17,6 +17,7 @@ from control_plane.identity.credentials import AuthError, CredentialVerifier, Id
 from control_plane.identity.throttle import LoginThrottle
 from control_plane.policy.engine import PolicyEngine, Refusal
 from control_plane.policy.masking import (
+    Catalog,
     CatalogCache,
     MaskingUnavailable,
     ResolvedMasks,
@@ -163,10 +164,38 @@ class DecisionService:
             if grant.detail:
                 answer["detail"] = grant.detail
             return answer
+        # Every session needs the target's catalog: a statement that reads a view must be allowed to
+        # read what the view reads, and only the catalog says what that is. Fail closed without it.
+        try:
+            catalog = await self.catalogs.get(target)
+        except MaskingUnavailable as e:
+            log.warning("catalog could not be read", connection=target.name, error=str(e))
+            if e.unreachable and not grant.masking.active:
+                # The session could not reach the target either: say so as the upstream would.
+                return _refusal(
+                    "08006",
+                    f'pgward could not connect to the target of connection "{target.name}"',
+                    hint=f"{e}; try again, or ask the pgward operator to check the connection",
+                )
+            if grant.masking.active:
+                return _refusal(
+                    "28000",
+                    f'masking could not be established for connection "{target.name}", so pgward '
+                    "will not start the session",
+                    hint=f"pgward could not read the target's catalog ({e}); try again, or ask the "
+                    "pgward operator to check the connection",
+                )
+            return _refusal(
+                "28000",
+                f'pgward could not read the catalog of connection "{target.name}", so it cannot check '
+                "what views read and will not start the session",
+                hint=f"{e}; try again, or ask the pgward operator to check the connection",
+            )
+        self.engine.set_catalog(target.name, catalog)
         masks: ResolvedMasks | None = None
         if grant.masking.active:
             try:
-                masks = await self._masks(grant.masking, target)
+                masks = await self._masks(grant.masking, target, catalog)
             except MaskingUnavailable as e:
                 # Never start a session without its masks.
                 log.warning("masking could not be established", connection=target.name, error=str(e))
@@ -196,7 +225,9 @@ class DecisionService:
         # hash joins it so a changed deny list never reuses cached decisions either. Masked sessions
         # add their rules and catalog snapshot: leak analysis depends on both, so sessions with
         # different masks never share cached decisions.
-        scope_key = f"{grant.cache_key}|{self.policy_version}"
+        # Decisions on views depend on the catalog snapshot too (the engine also clears the cache when a
+        # connection's snapshot changes, for the sessions already open).
+        scope_key = f"{grant.cache_key}|{self.policy_version}|c{catalog.digest}"
         if masks is not None:
             scope_key += f"|m{grant.masking.key()}-{masks.digest}"
         return {
@@ -220,8 +251,11 @@ class DecisionService:
             },
         }
 
-    async def _masks(self, masking: SessionMasking, target: ConnectionTarget) -> ResolvedMasks:
-        catalog = await self.catalogs.get(target)
+    async def _masks(
+        self, masking: SessionMasking, target: ConnectionTarget, catalog: Catalog | None = None
+    ) -> ResolvedMasks:
+        if catalog is None:
+            catalog = await self.catalogs.get(target)
         key = (f"{target.name}|{masking.key()}", catalog.digest)
         resolved = self._resolved.get(key)
         if resolved is None:

@@ -390,3 +390,40 @@ def test_deny_all_never_allows(statements: list[str], comment: bool) -> None:
     assert engine.decide(identity, "shop", 1, sql).action == "deny"
     # And with no policy at all there is no session to decide in.
     assert isinstance(PolicyEngine().session_scope(identity, "shop"), Refusal)
+
+
+def test_views_need_what_they_read(engine: PolicyEngine) -> None:
+    from control_plane.policy.masking import Catalog, CatalogRelation
+
+    def catalog(tokens_view: str) -> Catalog:
+        return Catalog(
+            (
+                CatalogRelation(1, "shop", "orders", "r", ((1, "id"),)),
+                CatalogRelation(2, "secret", "tokens", "r", ((1, "id"),)),
+                CatalogRelation(3, "shop", "tokens_view", "v", ((1, "id"),), tokens_view),
+                CatalogRelation(
+                    4, "shop", "outer_view", "v", ((1, "id"),), " SELECT id FROM shop.tokens_view;"
+                ),
+                CatalogRelation(5, "shop", "bad_view", "v", ((1, "id"),), "not sql at all"),
+                CatalogRelation(6, "shop", "cat_view", "v", ((1, "id"),), " SELECT oid AS id FROM pg_class;"),
+            )
+        )
+
+    unsafe: list[int] = []
+    engine.on_cache_unsafe.append(lambda: unsafe.append(1))
+    engine.set_catalog("shop", catalog(" SELECT id FROM secret.tokens;"))
+    opened(engine, ALICE)
+    action, _, text = decide(engine, ALICE, "select * from shop.tokens_view")
+    assert action == "deny" and "view shop.tokens_view reads secret.tokens, which is not allowed" in text
+    action, _, text = decide(engine, ALICE, "select * from shop.outer_view")
+    assert action == "deny" and "through view shop.tokens_view" in text
+    action, _, text = decide(engine, ALICE, "select * from shop.bad_view")
+    assert action == "deny" and "cannot read the definition of view shop.bad_view" in text
+    assert decide(engine, ALICE, "select * from shop.cat_view")[0] == "allow"
+    assert decide(engine, ALICE, "select * from shop.orders")[0] == "allow"
+    assert not unsafe
+    # A new snapshot where the view reads something allowed: cached decisions are cleared.
+    engine.set_catalog("shop", catalog(" SELECT id FROM shop.orders;"))
+    assert unsafe
+    assert decide(engine, ALICE, "select * from shop.tokens_view")[0] == "allow"
+    assert decide(engine, ALICE, "select * from shop.outer_view")[0] == "allow"

@@ -271,3 +271,82 @@ def test_a_change_made_by_another_process_is_noticed(
             time.sleep(0.2)
     finally:
         policy_gateway.gw.delete_policy("no-customers")
+
+
+def test_views_are_checked_by_what_they_read(
+    policy_gateway: PolicyGateway, target_pg: TargetDatabase
+) -> None:
+    pg = policy_gateway
+    with psycopg.connect(target_pg.superuser_dsn, autocommit=True) as su:
+        su.execute(
+            "create table if not exists shop.payment_tokens (id int primary key, token text);"
+            "insert into shop.payment_tokens values (1, 'tok_secret') on conflict do nothing;"
+            "create table if not exists public.secrets (id int primary key, secret text);"
+            "insert into public.secrets values (1, 'hunter2') on conflict do nothing;"
+            "create or replace view shop.tokens_view as select * from shop.payment_tokens;"
+            "create or replace view shop.tokens_view_view as select id from shop.tokens_view;"
+            "create or replace view shop.secrets_view as select * from public.secrets;"
+            "create or replace view shop.orders_view as select id, status from shop.orders;"
+            "create or replace view shop.orders_view_view as select id from shop.orders_view;"
+        )
+        for obj in (
+            "shop.payment_tokens",
+            "public.secrets",
+            "shop.tokens_view",
+            "shop.tokens_view_view",
+            "shop.secrets_view",
+            "shop.orders_view",
+            "shop.orders_view_view",
+        ):
+            su.execute(f"grant select on {obj} to {READER}")
+    # A connection of its own: its catalog is read when the first session starts, after the views exist.
+    pg.gw.put_connection(
+        "shopviews",
+        host="127.0.0.1",
+        port=target_pg.port,
+        database=target_pg.database,
+        username=target_pg.shop.role,
+        password=target_pg.shop.password,
+        tls_mode="disable",
+    )
+    pg.gw.put_policy(
+        {
+            "name": "viewers-read-shop",
+            "subjects": {"groups": ["viewers"]},
+            "connections": ["shopviews"],
+            "run_as": READER,
+            "rules": [
+                {"name": "no-tokens", "deny": ["read"], "tables": ["shop.payment_tokens"]},
+                {"name": "read-shop", "allow": ["read"], "tables": ["shop.*"]},
+            ],
+        }
+    )
+    token = pg.identity("viewer", "viewers")
+    try:
+        with psycopg.connect(
+            pg.conninfo("viewer", dbname="shopviews"), password=token, autocommit=True
+        ) as conn:
+            refusals = [
+                ("select * from shop.tokens_view", "view shop.tokens_view reads shop.payment_tokens"),
+                ("select * from shop.tokens_view_view", "shop.payment_tokens"),
+                ("select * from shop.secrets_view", "view shop.secrets_view reads public.secrets"),
+                ("select o.id from shop.orders o join shop.tokens_view t using (id)", "payment_tokens"),
+                ("select * from shop.orders where id in (select id from shop.secrets_view)", "secrets"),
+            ]
+            for _ in range(2):  # the second time may be answered from the data plane's cache
+                for sql, says in refusals:
+                    with pytest.raises(errors.InsufficientPrivilege) as info:
+                        conn.execute(sql)
+                    assert says in str(info.value), str(info.value)
+                    diag = info.value.diag
+                    assert diag.message_detail and diag.message_hint
+                    assert conn.execute("select count(*) from shop.orders_view").fetchone() == (5000,)
+            with pytest.raises(errors.InsufficientPrivilege, match="denied by policy") as denied:
+                conn.execute("select * from shop.tokens_view")
+            assert "no-tokens" in str(denied.value.diag.message_detail)
+            with pytest.raises(errors.InsufficientPrivilege, match="not allowed for viewer"):
+                conn.execute("select * from shop.secrets_view")
+            assert conn.execute("select count(*) from shop.orders_view_view").fetchone() == (5000,)
+            assert conn.execute("select id, status from shop.orders_view where id = 1").fetchone()
+    finally:
+        pg.gw.delete_policy("viewers-read-shop")

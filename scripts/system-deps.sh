@@ -6,7 +6,9 @@
 set -euo pipefail
 
 need=()
-ldconfig -p 2>/dev/null | grep -q 'libclang' || compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || need+=(libclang-dev)
+# (libclang-cpp, which some images carry, is not what bindgen loads: match libclang.so / libclang-N.so only.)
+ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so' || compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+  || compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null || need+=(libclang-dev)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v pgbench >/dev/null || need+=(postgresql-contrib)
 [[ "${1:-}" == "--bench" ]] && { command -v pgbouncer >/dev/null || need+=(pgbouncer); }

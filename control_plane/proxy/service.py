@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,9 @@ class SessionInfo:
     identity: Identity
     connection: str
     client_addr: str
+    # Unique across processes and restarts (the data plane's integer id is per process): audit
+    # records and session recordings are keyed by it.
+    session_uuid: str
 
 
 class DecisionService:
@@ -209,10 +213,12 @@ class DecisionService:
         self.engine.open_session(request["session_id"], grant)
         if masks is not None:
             self.engine.set_masks(request["session_id"], masks)
-        self.sessions[request["session_id"]] = SessionInfo(identity, target.name, client_addr)
+        session_uuid = str(uuid.uuid4())
+        self.sessions[request["session_id"]] = SessionInfo(identity, target.name, client_addr, session_uuid)
         log.info(
             "session authorised",
             session_id=request["session_id"],
+            session_uuid=session_uuid,
             identity=identity.subject,
             connection=target.name,
             client=client_addr,
@@ -238,6 +244,8 @@ class DecisionService:
                 "mask_key": self._hash_key() if masks is not None else "",
                 "setup_sql": grant.setup_sql(),
                 "identity": identity.subject,
+                "session_uuid": session_uuid,
+                "connection": target.name,
                 "upstream": {
                     "host": target.host,
                     "port": target.port,

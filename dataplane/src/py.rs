@@ -299,6 +299,8 @@ impl Dataplane {
         Ok(Scope {
             scope_key: Arc::from(required(scope, "scope_key")?.extract::<String>()?),
             identity: optional::<String>(scope, "identity")?.unwrap_or_default(),
+            session_uuid: Arc::from(required(scope, "session_uuid")?.extract::<String>()?),
+            connection: Arc::from(optional::<String>(scope, "connection")?.unwrap_or_default()),
             setup_sql: optional::<String>(scope, "setup_sql")?.filter(|s| !s.trim().is_empty()),
             mask_plan: Arc::new(convert_masks(scope)?),
             allow_function_call: optional::<bool>(scope, "allow_function_call")?.unwrap_or(false),

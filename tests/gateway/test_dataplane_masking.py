@@ -64,6 +64,7 @@ def masked_gateway(target_pg: TargetDatabase, pg_base_dir: Path) -> Iterator[tup
     scope = {
         "scope_key": "masking-test",
         "identity": "masked",
+        "session_uuid": "00000000-0000-4000-8000-000000000001",
         "upstream": {
             "host": "127.0.0.1",
             "port": target_pg.port,

@@ -50,6 +50,11 @@ pub struct Scope {
     pub scope_key: Arc<str>,
     /// Who the session is, for logs.
     pub identity: String,
+    /// The session's id across the deployment (a UUID from the decision service): audit records
+    /// and recordings are keyed by it. The `u64` session id is only unique within one process.
+    pub session_uuid: Arc<str>,
+    /// The pgward connection name the client asked for.
+    pub connection: Arc<str>,
     pub upstream: UpstreamTarget,
     /// SQL the gateway runs upstream before the client's first ReadyForQuery (SET ROLE, the
     /// session context for row-level security, read-only mode). The client never sees it.

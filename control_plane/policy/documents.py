@@ -193,6 +193,11 @@ class MaskingRule(BaseModel):
     exempt_groups: list[GroupOrUser] = Field(
         default_factory=list, description="Groups that see these columns in clear"
     )
+    strict: bool = Field(
+        default=False,
+        description="Mask at the source: predicates, joins and functions see masked values too (the "
+        "statement is rewritten; docs/masking.md, Strict masking). Not available with hash.",
+    )
 
     @field_validator("columns")
     @classmethod
@@ -213,6 +218,13 @@ class MaskingRule(BaseModel):
             raise ValueError("first and last are parameters of the partial function only")
         if self.function == "partial" and not (self.first or self.last):
             raise ValueError("partial keeps first and/or last characters: set at least one of them")
+        if self.strict and self.function == "hash":
+            # Computing the HMAC in the database would put the deployment's key into statement text
+            # (pg_stat_activity, server logs, pg_stat_statements).
+            raise ValueError(
+                "strict masking cannot use hash: the key would appear in statement text; use null, "
+                "redact, default, last4, partial or email"
+            )
         return self
 
 

@@ -30,6 +30,7 @@ from control_plane.policy.documents import GUARDRAILS, READ_ONLY_CLASSES, Policy
 from control_plane.policy.functions import CATALOG_RELATIONS
 from control_plane.policy.leaks import Leak, check_statement, created_relation
 from control_plane.policy.masking import Catalog, ResolvedMasks, SessionMasking, session_masking
+from control_plane.policy.rewrite import rewrite_strict
 
 # The gateway pins the search_path of every session (in setup_sql) so that the schema an
 # unqualified name resolves to is the one the policy checked. `"$user"` is left out of the default:
@@ -201,10 +202,15 @@ class StatementDecision:
     tables: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
     matched: list[str] = field(default_factory=list)
+    # Strict masking: the text the data plane sends upstream instead of the client's.
+    rewritten: str | None = None
 
     def answer(self) -> dict[str, Any]:
         """The data plane's answer format."""
         out: dict[str, Any] = {"action": self.action, "cache": self.cache}
+        if self.action == "allow" and self.rewritten is not None:
+            out["action"] = "rewrite"
+            out["sql"] = self.rewritten
         for key in ("sqlstate", "message", "detail", "hint"):
             value = getattr(self, key)
             if value is not None:
@@ -225,6 +231,7 @@ class StatementDecision:
             "tables": self.tables,
             "statements": self.kinds,
             "matched": self.matched,
+            "rewritten": self.rewritten,
         }
 
 
@@ -610,7 +617,7 @@ class PolicyEngine:
                     )
                 break
         if decision.action == "allow" and state.masks is not None:
-            refusal, touched = self._masking(state, statements)
+            refusal, touched = self._masking(state, statements, sql, decision)
             if refusal is not None:
                 decision.action, decision.sqlstate = "deny", "42501"
                 decision.message, decision.detail, decision.hint = (
@@ -619,9 +626,10 @@ class PolicyEngine:
                     refusal.hint,
                 )
                 decision.policy, decision.rule = None, "masking"
-            if touched:
+            if touched or decision.rewritten is not None:
                 # Fingerprints ignore column aliases, and leak analysis follows them through
                 # sub-selects: `(select email as x, lower(email) as y …)` vs the swapped aliases.
+                # A rewritten text holds the client's constants: only the same text may reuse it.
                 cache = min(cache, CACHE_TEXT)
         if unqualified and (len(state.paths) > 1 or self._diverged.get(state.grant.cache_key)):
             cache = CACHE_NONE
@@ -630,8 +638,11 @@ class PolicyEngine:
             self._commit(session_id, opened, state)
         return decision
 
-    def _masking(self, state: SessionState, statements: Sequence[Analysis]) -> tuple[Refusal | None, bool]:
-        """Leak analysis of a masked session's statements: (refusal or None, read a masked relation)."""
+    def _masking(
+        self, state: SessionState, statements: Sequence[Analysis], sql: str, decision: StatementDecision
+    ) -> tuple[Refusal | None, bool]:
+        """Leak analysis of a masked session's statements: (refusal or None, read a masked relation).
+        With strict masking, also the rewritten text (`decision.rewritten`)."""
         masks = state.masks
         assert masks is not None
         grant = state.grant
@@ -641,6 +652,7 @@ class PolicyEngine:
                 name = grant.login_role if s in ('"$user"', "$user") else s
                 if name not in schemas:
                     schemas.append(name)
+        strict = bool(masks.strict)
         touched = False
         for a in statements:
             analyses = [a, *(state.prepared.get(a.execute, []) if a.execute else [])]
@@ -653,11 +665,16 @@ class PolicyEngine:
                                 "session has masked columns"
                             )
                     touched = (
-                        check_statement(item.node, masks.index, tuple(schemas), state.created) or touched
+                        check_statement(item.node, masks.index, tuple(schemas), state.created, strict)
+                        or touched
                     )
                     made = created_relation(item.node)
                     if made is not None:
                         state.created = state.created | {made}
+                if strict and a is statements[-1]:
+                    # Leak analysis above took strict columns as masked at the source: only the
+                    # rewritten text may run.
+                    decision.rewritten = rewrite_strict(sql, masks.strict, masks.index, schemas)
             except Leak as leak:
                 # Refusals depend on names too (a cached refusal must not cover a swapped alias).
                 touched = True

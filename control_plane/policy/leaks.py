@@ -87,9 +87,14 @@ class Relation:
     columns: tuple[str, ...]
     tainted: Mapping[str, Col] = field(default_factory=dict)
     refused: str | None = None  # why any statement reading it is refused (a view pgward cannot mask)
+    # Columns masked strictly: reads of them are rewritten to masked values at the source.
+    strict: frozenset[str] = frozenset()
 
-    def col(self, name: str) -> Col | None:
+    def col(self, name: str, strict_clean: bool = False) -> Col | None:
         if name in self.tainted:
+            if strict_clean and name in self.strict:
+                # The rewritten statement reads the masked value: nothing clear flows from it.
+                return CLEAN
             return self.tainted[name]
         return CLEAN if name in self.columns else None
 
@@ -147,6 +152,10 @@ class MaskIndex:
             return found[0]
         columns: list[str] = []
         tainted: dict[str, Col] = {}
+        # Strict only where every relation the name may mean masks the column strictly.
+        strict = frozenset.intersection(
+            *(r.strict | (frozenset(r.columns) - frozenset(r.tainted)) for r in found)
+        )
         for rel in found:
             for c in rel.columns:
                 if c not in columns:
@@ -154,7 +163,7 @@ class MaskIndex:
             for c, col in rel.tainted.items():
                 prev = tainted.get(c, CLEAN)
                 tainted[c] = Col(prev.taint | col.taint, prev.origin and col.origin, prev.how or col.how)
-        return Relation(found[0].schema, name, tuple(columns), tainted)
+        return Relation(found[0].schema, name, tuple(columns), tainted, strict=strict & frozenset(tainted))
 
     @staticmethod
     def _statistics(schema: str, name: str) -> None:
@@ -228,10 +237,14 @@ class Analyzer:
         index: MaskIndex,
         search_path: tuple[str, ...],
         created: frozenset[tuple[str | None, str]] = frozenset(),
+        strict_clean: bool = False,
     ) -> None:
         self.index = index
         self.search_path = search_path
         self.created = created
+        # The statement is rewritten for strict masking: reads of strict columns yield masked values
+        # (except a DML target's own columns, which stay the real table's and keep their taint).
+        self.strict_clean = strict_clean
         self.touched = False  # a relation with masked columns was read: the decision depends on names
 
     # --- statements --------------------------------------------------------------------------------
@@ -430,7 +443,7 @@ class Analyzer:
     def dml(self, kind: str, body: dict[str, Any], parent: Scope | None) -> list[tuple[str, Col]]:
         scope = self._with(body, parent)
         rel = body.get("relation") or {}
-        target = self._source_for(rel, scope)
+        target = self._source_for(rel, scope, target=True)
         schema = rel.get("schemaname")
         label = f"{schema}.{rel.get('relname', '')}" if schema else str(rel.get("relname", ""))
         if kind == "InsertStmt":
@@ -540,7 +553,7 @@ class Analyzer:
                 Source(alias.get("aliasname", ""), None, None, None, taint.derived("a function in FROM"))
             )
 
-    def _source_for(self, rel: dict[str, Any], scope: Scope) -> Source:
+    def _source_for(self, rel: dict[str, Any], scope: Scope, target: bool = False) -> Source:
         schema = rel.get("schemaname")
         name = rel.get("relname", "")
         alias = (rel.get("alias") or {}).get("aliasname") or name
@@ -555,7 +568,8 @@ class Analyzer:
         found = self._relation(rel)
         if found is None:
             return Source(alias, name, schema, None, CLEAN)
-        columns = [(c, found.col(c) or CLEAN) for c in found.columns]
+        clean = self.strict_clean and not target
+        columns = [(c, found.col(c, clean) or CLEAN) for c in found.columns]
         return Source(alias, name, schema, dict(_rename(columns, colnames)))
 
     def _relation(self, rel: dict[str, Any]) -> Relation | None:
@@ -719,12 +733,14 @@ def check_statement(
     index: MaskIndex,
     search_path: tuple[str, ...],
     created: frozenset[tuple[str | None, str]] = frozenset(),
+    strict_clean: bool = False,
 ) -> bool:
     """Raise Leak if the statement could show masked data in clear; True when it read a masked
     relation (its decision then depends on column aliases, which fingerprints ignore).
 
-    `created`: relations this session created after its catalog snapshot (schema None: unqualified)."""
-    analyzer = Analyzer(index, search_path, created)
+    `created`: relations this session created after its catalog snapshot (schema None: unqualified).
+    `strict_clean`: the statement will run rewritten for strict masking."""
+    analyzer = Analyzer(index, search_path, created, strict_clean)
     analyzer.statement(node)
     return analyzer.touched
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -33,10 +33,16 @@ _CATALOG_SQL = """
 SELECT c.oid::int8, n.nspname, c.relname, c.relkind::text, a.attnum::int4, a.attname,
        CASE WHEN a.attnum = 1 AND c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END,
        CASE WHEN a.attnum = 1 THEN (SELECT pg_catalog.array_agg(i.inhparent::int8)
-                                    FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) END
+                                    FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) END,
+       -- The column's type as strict masking casts to it: a domain's base type (RowDescription
+       -- reports the base type too, and a masked value need not pass the domain's checks).
+       (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8,
+       CASE WHEN t.typtype = 'd' THEN pg_catalog.format_type(t.typbasetype, t.typtypmod)
+            ELSE pg_catalog.format_type(a.atttypid, a.atttypmod) END
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 WHERE c.relkind = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
@@ -64,6 +70,8 @@ class MaskSpec:
     text: str | None = None
     first: int = 0
     last: int = 0
+    # Masked at the source: statements are rewritten so that every read sees masked values.
+    strict: bool = False
 
     def strictness(self) -> tuple[int, int, int, str]:
         # Lower sorts first = stricter: by function, then keeping fewer characters, then NULL over text.
@@ -76,7 +84,16 @@ class MaskSpec:
 
 
 def strictest(specs: Iterable[MaskSpec]) -> MaskSpec:
-    return min(specs, key=MaskSpec.strictness)
+    """The strictest function of several rules; strict if any of them is strict."""
+    items = list(specs)
+    spec = min(items, key=MaskSpec.strictness)
+    if not any(s.strict for s in items):
+        return spec
+    if spec.function == "hash":
+        # Strict masking computes masks in the database, and an HMAC there would need the key in the
+        # statement text. The one function stricter than hash that strict masking can compute: null.
+        return MaskSpec("null", strict=True)
+    return MaskSpec(spec.function, spec.text, spec.first, spec.last, strict=True)
 
 
 @dataclass(frozen=True)
@@ -139,8 +156,8 @@ class SessionMasking:
         return strictest(specs) if specs else None
 
 
-def _spec_tuple(spec: MaskSpec) -> tuple[str, str | None, int, int]:
-    return (spec.function, spec.text, spec.first, spec.last)
+def _spec_tuple(spec: MaskSpec) -> tuple[str, str | None, int, int, bool]:
+    return (spec.function, spec.text, spec.first, spec.last, spec.strict)
 
 
 def session_masking(
@@ -162,7 +179,7 @@ def session_masking(
                     label=rule.name or f"masking[{i}]",
                     patterns=tuple(split_column_pattern(p) for p in rule.columns),
                     tags=frozenset(rule.tags),
-                    spec=MaskSpec(rule.function, rule.text, rule.first, rule.last),
+                    spec=MaskSpec(rule.function, rule.text, rule.first, rule.last, rule.strict),
                 )
             )
     tags: dict[tuple[str, str, str], set[str]] = {}
@@ -188,6 +205,14 @@ class CatalogRelation:
     columns: tuple[tuple[int, str], ...]  # (attnum, name)
     definition: str | None = None  # views and materialized views
     parents: tuple[int, ...] = ()  # inheritance / partitioning
+    # (base type OID, SQL type name) of each column, as `columns`; empty when not known.
+    types: tuple[tuple[int, str], ...] = ()
+
+    def type_of(self, column: str) -> tuple[int, str] | None:
+        for (_attnum, name), typ in zip(self.columns, self.types, strict=False):
+            if name == column:
+                return typ
+        return None
 
 
 @dataclass(frozen=True)
@@ -200,7 +225,7 @@ class Catalog:
     @functools.cached_property
     def digest(self) -> str:
         data = [
-            [r.oid, r.schema, r.name, r.kind, list(r.columns), r.definition, list(r.parents)]
+            [r.oid, r.schema, r.name, r.kind, list(r.columns), r.definition, list(r.parents), list(r.types)]
             for r in self.relations
         ]
         return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
@@ -209,7 +234,7 @@ class Catalog:
 def catalog_from_rows(rows: Iterable[Sequence[Any]]) -> Catalog:
     out: list[CatalogRelation] = []
     current: dict[str, Any] | None = None
-    for oid, schema, name, kind, attnum, attname, definition, parents in rows:
+    for oid, schema, name, kind, attnum, attname, definition, parents, *typ in rows:
         if current is None or current["oid"] != oid:
             if current is not None:
                 out.append(CatalogRelation(**current))
@@ -221,8 +246,11 @@ def catalog_from_rows(rows: Iterable[Sequence[Any]]) -> Catalog:
                 "columns": (),
                 "definition": definition,
                 "parents": tuple(int(p) for p in parents or ()),
+                "types": (),
             }
         current["columns"] = (*current["columns"], (int(attnum), attname))
+        if len(typ) == 2:
+            current["types"] = (*current["types"], (int(typ[0]), str(typ[1])))
     if current is not None:
         out.append(CatalogRelation(**current))
     return Catalog(tuple(out))
@@ -304,12 +332,42 @@ class CatalogCache:
 
 
 @dataclass(frozen=True)
+class StrictRelation:
+    """A relation with strict-masked columns, as the rewriter replaces it: every column in order, and
+    the SQL expression (over the quoted column name) of each masked one."""
+
+    schema: str
+    name: str
+    columns: tuple[str, ...]
+    # Masked column -> (its mask, base type OID, SQL type name); types None when not known.
+    masked: Mapping[str, tuple[MaskSpec, int | None, str | None]]
+
+    def expression(self, column: str, reference: str) -> str:
+        """SQL of the masked value of `column`, read through the SQL column reference `reference`."""
+        from control_plane.policy.strict_sql import mask_expression
+
+        spec, type_oid, type_sql = self.masked[column]
+        return mask_expression(spec, reference, type_oid, type_sql)
+
+    def select_list(self) -> str:
+        from control_plane.policy.strict_sql import quote_ident
+
+        items = []
+        for c in self.columns:
+            name = quote_ident(c)
+            items.append(f"{self.expression(c, name)} AS {name}" if c in self.masked else name)
+        return ", ".join(items)
+
+
+@dataclass(frozen=True)
 class ResolvedMasks:
     """What one session's masks are on one catalog snapshot."""
 
     masks: Mapping[tuple[int, int], MaskSpec]
     index: MaskIndex
     digest: str
+    # Relations with strict-masked columns, by (schema, name): statements reading them are rewritten.
+    strict: Mapping[tuple[str, str], StrictRelation] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -359,6 +417,9 @@ def resolve(masking: SessionMasking, catalog: Catalog) -> ResolvedMasks:
         tainted = {c: Col(frozenset({f"{rel.schema}.{rel.name}.{c}"})) for c in specs.get(rel.oid, {})}
         relations[(rel.schema, rel.name)] = Relation(rel.schema, rel.name, names, tainted)
     _propagate_to_views(catalog, by_oid, specs, relations)
+    strict = _strict_relations(catalog, specs)
+    for (schema, name), srel in strict.items():
+        relations[(schema, name)] = replace(relations[(schema, name)], strict=frozenset(srel.masked))
     masks: dict[tuple[int, int], MaskSpec] = {}
     for rel in catalog.relations:
         own = specs.get(rel.oid, {})
@@ -379,7 +440,25 @@ def resolve(masking: SessionMasking, catalog: Catalog) -> ResolvedMasks:
         ),
     ]
     digest = hashlib.sha256(json.dumps(digest_data).encode()).hexdigest()[:16]
-    return ResolvedMasks(masks, MaskIndex(relations), digest)
+    return ResolvedMasks(masks, MaskIndex(relations), digest, strict)
+
+
+def _strict_relations(
+    catalog: Catalog, specs: Mapping[int, Mapping[str, MaskSpec]]
+) -> dict[tuple[str, str], StrictRelation]:
+    out: dict[tuple[str, str], StrictRelation] = {}
+    for rel in catalog.relations:
+        own = {c: s for c, s in specs.get(rel.oid, {}).items() if s.strict}
+        if not own:
+            continue
+        masked: dict[str, tuple[MaskSpec, int | None, str | None]] = {}
+        for column, spec in own.items():
+            typ = rel.type_of(column)
+            masked[column] = (spec, typ[0] if typ else None, typ[1] if typ else None)
+        out[(rel.schema, rel.name)] = StrictRelation(
+            rel.schema, rel.name, tuple(n for _, n in rel.columns), masked
+        )
+    return out
 
 
 def _propagate_to_views(

@@ -271,6 +271,15 @@ impl Dataplane {
         let decision = match action.as_str() {
             "allow" => Decision::Allow,
             "deny" => Decision::Deny(Arc::new(convert_refusal(answer, "42501")?)),
+            "rewrite" => {
+                let sql: String = required(answer, "sql")?.extract()?;
+                if sql.trim().is_empty() || sql.contains('\0') {
+                    return Err(PyValueError::new_err(
+                        "a rewrite needs a non-empty sql without NUL",
+                    ));
+                }
+                Decision::Rewrite(Arc::from(sql))
+            }
             other => return Err(PyValueError::new_err(format!("unknown action {other:?}"))),
         };
         Ok(Answer::Decided { decision, cache })

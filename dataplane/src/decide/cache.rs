@@ -71,6 +71,12 @@ impl DecisionCache {
             self.entries.store(0, Ordering::Relaxed);
         }
         let entries = scopes.entry(Arc::clone(scope)).or_default();
+        // A rewritten text carries the client's constants: a statement with the same fingerprint
+        // but other constants must never run it.
+        let policy = match (policy, decision) {
+            (CachePolicy::Fingerprint, Decision::Rewrite(_)) => CachePolicy::Text,
+            _ => policy,
+        };
         let added = match (policy, fingerprint) {
             (CachePolicy::Fingerprint, Some(fp)) => entries
                 .by_fingerprint
@@ -156,6 +162,22 @@ mod tests {
         );
         assert_eq!(cache.get_text("s", "select 2"), None);
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn rewrites_are_cached_by_text_only() {
+        let cache = DecisionCache::default();
+        let a: Arc<str> = Arc::from("s");
+        let rewrite = Decision::Rewrite(Arc::from("select 1 from (select 'x') t"));
+        cache.insert(
+            &a,
+            "select 1 from t",
+            Some(5),
+            CachePolicy::Fingerprint,
+            &rewrite,
+        );
+        assert_eq!(cache.get_fingerprint("s", 5), None);
+        assert_eq!(cache.get_text("s", "select 1 from t"), Some(rewrite));
     }
 
     #[test]

@@ -30,6 +30,9 @@ impl Refusal {
 pub enum Decision {
     Allow,
     Deny(Arc<Refusal>),
+    /// Allowed, but the server gets this text instead of the client's (strict masking replaces
+    /// masked columns at the source). Always cached by exact text: it holds the client's constants.
+    Rewrite(Arc<str>),
 }
 
 /// How Python allows a decision to be reused.

@@ -214,24 +214,31 @@ impl<'a> Relay<'a> {
     }
 
     /// Decide a Query or Parse frame. `Ok(None)`: forward it unchanged; `Ok(Some(bytes))`: send
-    /// this substitute instead (a denial).
+    /// this substitute instead (a denial, or the rewritten statement).
     async fn statement(&self, frame: &Bytes) -> Result<Option<Bytes>, String> {
         let tag = frame.first().copied().unwrap_or_default();
         let body = frame.get(5..).unwrap_or_default();
-        let (sql, parse_name) = if tag == b'Q' {
+        let (sql, parse) = if tag == b'Q' {
             (
                 parse_query(body).map_err(|e| format!("malformed Query message: {e}"))?,
                 None,
             )
         } else {
             let p = parse_parse(body).map_err(|e| format!("malformed Parse message: {e}"))?;
-            (p.sql, Some(p.name))
+            (p.sql, Some((p.name, p.param_types)))
         };
+        let parse_name = parse.as_ref().map(|(name, _)| *name);
         let decision = self
             .decide(sql, if tag == b'Q' { "query" } else { "parse" })
             .await;
         match decision {
             Decision::Allow => Ok(None),
+            Decision::Rewrite(text) => Ok(Some(match &parse {
+                None => build_query(&text),
+                // Same statement name and parameter types: Bind, Describe and Execute that follow
+                // refer to it unchanged.
+                Some((name, types)) => build_parse(name, &text, types),
+            })),
             Decision::Deny(refusal) => {
                 self.record_denial(refusal);
                 let substitute = match parse_name {

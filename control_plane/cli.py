@@ -387,6 +387,11 @@ from control_plane.policy.cli import register as _register_policy_commands  # no
 
 _register_policy_commands(app)
 
+# audit verify, search, export, checkpoint, public-key, prune (control_plane/audit/cli.py).
+from control_plane.audit.cli import register as _register_audit_commands  # noqa: E402
+
+_register_audit_commands(app)
+
 
 if __name__ == "__main__":
     app()

@@ -6,7 +6,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -118,6 +118,26 @@ class Settings(BaseSettings):
     login_throttle_base: float = Field(default=0.25, ge=0)
     login_throttle_max: float = Field(default=5.0, ge=0, le=25)
     login_throttle_halflife: float = Field(default=60.0, gt=0)
+    # The audit log (docs/audit.md). `buffered`: records are committed in batches, a crash can lose
+    # the records not yet committed; `strict`: a statement goes upstream only after its record is
+    # committed; `off`: no audit records.
+    audit_mode: Literal["buffered", "strict", "off"] = "buffered"
+    # Records the data plane holds for the control plane before sessions wait (back-pressure).
+    audit_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Records the control plane holds in memory before it stops taking more from the data plane.
+    audit_buffer_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Buffered mode: seconds between commits of the records gathered meanwhile.
+    audit_flush_interval: float = Field(default=0.1, ge=0, le=10)
+    # Seconds between signed checkpoints of the chain head (also one at shutdown).
+    audit_checkpoint_interval: float = Field(default=60.0, gt=0)
+    # Strict mode: a statement whose record is not committed within this many seconds is refused.
+    audit_strict_timeout: float = Field(default=10.0, gt=0)
+    # Record the values of Bind parameters (masked like results) for every session.
+    audit_parameters: bool = False
+    # SIEM sink: `udp://host:port` or `tcp://host:port` (syslog, RFC 5424); empty: none.
+    audit_syslog: str | None = None
+    # `pgward audit prune` without --before removes records older than this many days.
+    audit_retention_days: int | None = Field(default=None, ge=1)
 
     _split_lists = field_validator(
         "deny_statements", "admin_groups", "approver_groups", "auditor_groups", mode="before"

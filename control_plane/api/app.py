@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
-from control_plane.api import connections, decisions, health, me, policies, service_identities
+from control_plane.api import audit, connections, decisions, health, me, policies, service_identities
 from control_plane.api.health import ReadinessCheck
 from control_plane.api.problems import register_problem_handlers
 from control_plane.config import Settings
@@ -57,4 +57,5 @@ def create_app(
     app.include_router(policies.router)
     app.include_router(decisions.router)
     app.include_router(me.router)
+    app.include_router(audit.router)
     return app

@@ -13,6 +13,8 @@ import uvicorn
 from control_plane.api import metrics
 from control_plane.api.app import create_app
 from control_plane.api.metrics import registry_for
+from control_plane.audit.sink import SyslogSink
+from control_plane.audit.writer import AuditWriter
 from control_plane.config import ConfigError, Settings
 from control_plane.dataplane import Dataplane
 from control_plane.identity.api_keys import default_verifier
@@ -93,10 +95,13 @@ async def serve(
     decisions: DecisionService | None = None
     api_server: _EmbeddedServer | None = None
     api_task: asyncio.Task[None] | None = None
+    sink = SyslogSink(settings.audit_syslog) if settings.audit_syslog else None
+    audit = AuditWriter(settings, engine, sink=sink)
+    await audit.start()
     try:
         if proxy:
             dataplane = start_dataplane(settings)
-            decisions = DecisionService(settings, sessionmaker, verifier)
+            decisions = DecisionService(settings, sessionmaker, verifier, audit)
             # A policy change must reach open sessions on their next statement: drop cached decisions.
             decisions.on_policies_changed.append(dataplane.invalidate)
             await decisions.start()
@@ -146,6 +151,7 @@ async def serve(
             await decisions.stop()
         if dataplane is not None:
             dataplane.stop()
+        await audit.close()
         await engine.dispose()
 
 

@@ -12,11 +12,13 @@ from typing import Any
 
 import structlog
 
+from control_plane.audit.chain import canonical_body
+from control_plane.audit.writer import AuditWriter, identity_fields
 from control_plane.config import Settings
 from control_plane.connections.service import ConnectionTarget, get_connection_for_session
 from control_plane.identity.credentials import AuthError, CredentialVerifier, Identity
 from control_plane.identity.throttle import LoginThrottle
-from control_plane.policy.engine import PolicyEngine, Refusal
+from control_plane.policy.engine import PolicyEngine, Refusal, StatementDecision
 from control_plane.policy.masking import (
     Catalog,
     CatalogCache,
@@ -75,8 +77,19 @@ class SessionInfo:
 
 
 class DecisionService:
-    def __init__(self, settings: Settings, sessionmaker: SessionMaker, verifier: CredentialVerifier) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: SessionMaker,
+        verifier: CredentialVerifier,
+        audit: AuditWriter | None = None,
+    ) -> None:
         self.settings = settings
+        # Session start and end and denied logins are written here; statements by the data plane.
+        self.audit = audit if audit is not None and audit.enabled else None
+        # Called before a session's end is recorded: the data plane's queued statement records of
+        # the session go into the chain first.
+        self.before_session_end: list[Callable[[], None]] = []
         self.sessionmaker = sessionmaker
         self.verifier = verifier
         self.deny_kinds = frozenset(settings.deny_statements)
@@ -122,6 +135,48 @@ class DecisionService:
         loop.call_later(0.2, lambda: [callback() for callback in list(self.on_policies_changed)])
 
     async def authenticate(self, request: dict[str, Any]) -> dict[str, Any]:
+        verified: list[Identity] = []
+        answer = await self._authenticate(request, verified)
+        if self.audit is None:
+            return answer
+        record: dict[str, Any] = {
+            "client_addr": request["client_addr"],
+            "connection": request["database"],
+            "user": request["user"],
+        }
+        if verified:
+            record["identity"] = identity_fields(verified[0])
+        if answer.get("ok"):
+            scope = answer["scope"]
+            record.update(kind="session_start", session=scope["session_uuid"], connection=scope["connection"])
+            record["policy_version"] = self.engine.version
+            seq = self.audit.append(record)
+            if self.audit.strict:
+                # Nothing of the session reaches the target before its start is on record.
+                await self.audit.durable(seq)
+        else:
+            record.update(
+                kind="login_denied",
+                decision="deny",
+                sqlstate=answer.get("sqlstate"),
+                refusal={"sqlstate": answer.get("sqlstate"), "message": answer.get("message")},
+            )
+            self.audit.append(record)
+        return answer
+
+    def _audit_scope(self, identity: Identity, client_addr: str) -> dict[str, Any]:
+        if self.audit is None:
+            return {"enabled": False}
+        return {
+            "enabled": True,
+            "strict": self.audit.strict,
+            "identity_json": canonical_body(identity_fields(identity)),
+            "client_addr": client_addr,
+            "parameters": self.settings.audit_parameters,
+            "policy_version": self.engine.version,
+        }
+
+    async def _authenticate(self, request: dict[str, Any], verified: list[Identity]) -> dict[str, Any]:
         user: str = request["user"]
         database: str = request["database"]
         client_addr: str = request["client_addr"]
@@ -134,6 +189,7 @@ class DecisionService:
             self.throttle.failed(client_addr)
             log.info("login refused", user=user, connection=database, client=client_addr, reason=e.message)
             return _refusal(e.sqlstate, e.message, hint=e.hint)
+        verified.append(identity)
 
         forwarded: dict[str, str] = {}
         for name, value in request["startup_params"].items():
@@ -246,6 +302,7 @@ class DecisionService:
                 "identity": identity.subject,
                 "session_uuid": session_uuid,
                 "connection": target.name,
+                "audit": self._audit_scope(identity, client_addr),
                 "upstream": {
                     "host": target.host,
                     "port": target.port,
@@ -312,12 +369,39 @@ class DecisionService:
                         "detail": detail,
                         "hint": "ask the pgward operator if you need to run it",
                         "cache": decision.cache,
+                        "audit": self._audit_meta(decision, rule="deny_statements"),
                     }
-        return decision.answer()
+        answer = decision.answer()
+        answer["audit"] = self._audit_meta(decision)
+        return answer
+
+    def _audit_meta(self, decision: StatementDecision, *, rule: str | None = None) -> dict[str, Any]:
+        """What the audit records of this decision say about it; the data plane caches it with the
+        decision, so repeated statements are recorded with it too."""
+        return {
+            "class": ",".join(decision.classes) or None,
+            "policy": None if rule else decision.policy,
+            "rule": rule or decision.rule,
+            "kinds": list(decision.kinds),
+            "policy_version": self.engine.version,
+        }
 
     def session_ended(self, request: dict[str, Any]) -> None:
         info = self.sessions.pop(request["session_id"], None)
         self.engine.close_session(request["session_id"])
+        if info is not None and self.audit is not None:
+            for drain in self.before_session_end:
+                drain()
+            self.audit.append(
+                {
+                    "kind": "session_end",
+                    "session": info.session_uuid,
+                    "connection": info.connection,
+                    "identity": identity_fields(info.identity),
+                    "client_addr": info.client_addr,
+                    "reason": request.get("reason"),
+                }
+            )
         if info is not None:
             log.info(
                 "session ended",

@@ -138,3 +138,82 @@ class PolicyRevision(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class AuditStream(Base):
+    """One chain of audit records: each gateway process start writes its own stream."""
+
+    __tablename__ = "audit_streams"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    host: Mapped[str] = mapped_column(Text, default="", server_default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class AuditEvent(Base):
+    """One audit record. `body` holds the exact JSON text that was hashed; the other columns repeat
+    fields of it for search, and `pgward audit verify` checks that they agree. Append-only: a
+    trigger refuses UPDATE and DELETE (control_plane/migrations/versions/0003_audit.py)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (UniqueConstraint("stream", "seq"),)
+
+    # Insertion order across streams: the API's cursor.
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    stream: Mapped[uuid.UUID] = mapped_column(Uuid)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    kind: Mapped[str] = mapped_column(Text)
+    session_uuid: Mapped[str | None] = mapped_column(Text, index=True)
+    identity: Mapped[str | None] = mapped_column(Text, index=True)
+    username: Mapped[str | None] = mapped_column(Text)
+    connection: Mapped[str | None] = mapped_column(Text)
+    decision: Mapped[str | None] = mapped_column(Text)
+    statement_class: Mapped[str | None] = mapped_column(Text)
+    statement: Mapped[str | None] = mapped_column(Text)
+    sqlstate: Mapped[str | None] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(Text)
+    hash: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class AuditCheckpoint(Base):
+    """An Ed25519 signature over a stream's head (stream, seq, hash, time)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    stream: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(Text)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    key_id: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)
+
+
+class AuditKey(Base):
+    """The deployment's checkpoint signing key; the private half is encrypted with PGWARD_SECRET_KEY."""
+
+    __tablename__ = "audit_keys"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    private_key_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AuditPrune(Base):
+    """A retention prune: records of `stream` before `first_seq` were deleted; the chain now starts
+    at `first_seq` whose previous hash is `prev_hash` (signed, so verify can trust the new start)."""
+
+    __tablename__ = "audit_prunes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    stream: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    prev_hash: Mapped[str] = mapped_column(Text)
+    deleted: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    key_id: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)

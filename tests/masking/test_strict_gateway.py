@@ -18,6 +18,7 @@ import pytest
 from psycopg import errors
 
 from tests.fixtures.gateway import PGWARD
+from tests.fixtures.postgres import TargetDatabase
 from tests.gateway.test_decisions import proxy_metric
 from tests.masking.conftest import ClearValues
 from tests.policy.conftest import PolicyGateway
@@ -236,3 +237,45 @@ def test_repeated_statements_are_cached(strict_gateway: PolicyGateway, sam: psyc
     for _ in range(5):
         assert one(sam, sql) == 99
     assert proxy_metric(strict_gateway.gw, "python_decisions") == before
+
+
+def test_views_over_strict_columns(
+    strict_gateway: PolicyGateway,
+    target_pg: TargetDatabase,
+    clear_values: ClearValues,
+) -> None:
+    """A view that shows a strict column is rewritten like a table: its predicates see masked values."""
+    with connect(strict_gateway, "bob") as bob:
+        # DDL through pgward drops the catalog snapshot, so the next session sees the view.
+        bob.execute(
+            "create or replace view shop.strict_contacts as "
+            "select c.id, c.email, c.name from shop.customers c"
+        )
+    try:
+        with connect(strict_gateway, "sam") as sam:
+            real = clear_values.rows[5]["email"]
+            assert one(sam, f"select count(*) from shop.strict_contacts where email = '{real}'") == 0
+            rows = sam.execute(
+                "select v.id, v.email, upper(v.email) from shop.strict_contacts v "
+                "join shop.customers c on c.email = v.email and c.id = v.id order by v.id"
+            ).fetchall()
+            assert len(rows) == len(clear_values.rows)
+            assert all(e.startswith("****@") and u == e.upper() for _, e, u in rows)
+            assert not clear_values.leaks(flat(rows))
+    finally:
+        with psycopg.connect(target_pg.superuser_dsn, autocommit=True) as conn:
+            conn.execute("drop view if exists shop.strict_contacts")
+
+
+def test_cte_lateral_and_set_operations(sam: psycopg.Connection[Any], clear_values: ClearValues) -> None:
+    real = clear_values.rows[6]
+    rows = sam.execute(
+        "with customers as (select id, email from shop.customers where email like '%@%') "
+        "select c.id, x.e, length(x.e) from customers c, lateral (select c.email as e) x "
+        f"where x.e <> '{real['email']}' "
+        "union all select id, phone, 0 from shop.customers where phone = "
+        f"'{real['phone']}' order by 1"
+    ).fetchall()
+    assert len(rows) == len(clear_values.rows)
+    assert all(e.startswith("****@") for _, e, _ in rows)
+    assert not clear_values.leaks(flat(rows))

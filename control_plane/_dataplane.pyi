@@ -34,3 +34,10 @@ class Dataplane:
     def stats(self) -> dict[str, int]: ...
     def stop(self) -> None:
         """Stop listening and close every session."""
+
+def detect(value: str | bytes) -> list[str]:
+    """The kinds of content the data plane's detectors find in ``value``: ``email``, ``card``, ``ssn``,
+    ``phone`` (the scanners that mask output columns without an origin)."""
+
+def detect_counts(values: list[str | bytes | None]) -> dict[str, int]:
+    """For each kind, how many of ``values`` contain it (None is skipped)."""

@@ -382,6 +382,49 @@ def connections_list(state_dir: StateDir = None, database_url: DatabaseUrl = Non
     out.print(table)
 
 
+@connections_app.command("propose-tags")
+def connections_propose_tags(
+    name: str,
+    sample: Annotated[int, typer.Option(help="Rows read per table (1-10000).")] = 100,
+    min_rate: Annotated[
+        float, typer.Option(help="Propose a tag when at least this share of a column's values match.")
+    ] = 0.1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print counts and rates as JSON.")] = False,
+    state_dir: StateDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Sample the connection's text columns with the content detectors and print column_tags to
+    paste into a policy (never applied). Reads data in clear with the stored credentials."""
+    import json
+
+    from control_plane.connections.propose import MAX_SAMPLE, ProposalUnavailable, TagProposal, propose_tags
+    from control_plane.connections.service import get_connection_for_session
+
+    if not 1 <= sample <= MAX_SAMPLE:
+        _fail(f"--sample must be between 1 and {MAX_SAMPLE}", EXIT_CONFIG)
+    if not 0 < min_rate <= 1:
+        _fail("--min-rate must be above 0 and at most 1", EXIT_CONFIG)
+    settings = _settings(state_dir, database_url)
+
+    async def work(sessionmaker: Any) -> TagProposal | str:
+        async with sessionmaker() as session:
+            target = await get_connection_for_session(session, name, settings=settings)
+        if target is None:
+            return f'pgward has no connection named "{name}"'
+        try:
+            return await propose_tags(target, sample=sample, min_rate=min_rate)
+        except ProposalUnavailable as exc:
+            return f'cannot sample connection "{name}": {exc}'
+
+    result = _run_store(settings, work)
+    if isinstance(result, str):
+        _fail(result, EXIT_FAILED)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(result.yaml(), end="")
+
+
 # plan, apply, policy test, policy schema (control_plane/policy/cli.py).
 from control_plane.policy.cli import register as _register_policy_commands  # noqa: E402
 

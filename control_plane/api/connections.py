@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field
 
-from control_plane.api.deps import AdminIdentity, ConnectionServiceDep
-from control_plane.api.problems import PROBLEM_RESPONSES
+from control_plane.api.deps import AdminIdentity, ConnectionServiceDep, SessionDep, SettingsDep
+from control_plane.api.problems import PROBLEM_RESPONSES, NotFound, UpstreamUnavailable
+from control_plane.connections.propose import (
+    DEFAULT_MIN_RATE,
+    DEFAULT_SAMPLE,
+    MAX_SAMPLE,
+    ProposalUnavailable,
+    propose_tags,
+)
 from control_plane.connections.schemas import (
     ConnectionCreate,
     ConnectionList,
@@ -15,6 +23,7 @@ from control_plane.connections.schemas import (
     ConnectionSpec,
     ResourceName,
 )
+from control_plane.connections.service import get_connection_for_session
 from control_plane.store.etags import etag
 from control_plane.store.models import Connection
 
@@ -94,3 +103,50 @@ async def delete_connection(
     name: ResourceName, _: AdminIdentity, service: ConnectionServiceDep, if_match: IfMatch = None
 ) -> None:
     await service.delete(name, if_match)
+
+
+class TagProposalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sample: int = Field(default=DEFAULT_SAMPLE, ge=1, le=MAX_SAMPLE, description="Rows read per table")
+    min_rate: float = Field(
+        default=DEFAULT_MIN_RATE, gt=0, le=1, description="Propose a tag at this share of matching values"
+    )
+
+
+class ColumnHits(BaseModel):
+    column: str
+    sampled: int
+    hits: dict[str, int]
+    rates: dict[str, float]
+    tags: list[str]
+
+
+class TagProposalOut(BaseModel):
+    connection: str
+    sample: int
+    min_rate: float
+    columns: list[ColumnHits] = Field(description="Every sampled column where a detector matched")
+    skipped: list[str] = Field(description="Tables that could not be read, with the reason")
+    yaml: str = Field(description="column_tags to paste into a policy, with hit rates")
+
+
+@router.post("/{name}/tag-proposals", responses={502: {"description": "The target could not be sampled"}})
+async def propose_connection_tags(
+    name: ResourceName,
+    _: AdminIdentity,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: TagProposalRequest | None = None,
+) -> TagProposalOut:
+    """Sample the connection's text columns with the content detectors and propose column tags.
+    Nothing is applied, and no sampled value is returned: only counts."""
+    body = body or TagProposalRequest()
+    target = await get_connection_for_session(session, name, settings=settings)
+    if target is None:
+        raise NotFound(f'no connection named "{name}"')
+    try:
+        proposal = await propose_tags(target, sample=body.sample, min_rate=body.min_rate)
+    except ProposalUnavailable as exc:
+        raise UpstreamUnavailable(f'cannot sample connection "{name}": {exc}') from exc
+    return TagProposalOut.model_validate(proposal.as_dict())

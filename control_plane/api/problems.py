@@ -87,6 +87,12 @@ class PreconditionRequired(ProblemError):
     status, slug = 428, "precondition-required"
 
 
+class UpstreamUnavailable(ProblemError):
+    """A target database pgward had to reach could not be reached or read."""
+
+    status, slug = 502, "upstream-unavailable"
+
+
 # Listed in each router's `responses=` so the OpenAPI document shows the error schema.
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": HTTPStatus(status).phrase}

@@ -210,14 +210,7 @@ class MaskingRule(BaseModel):
     def _shape(self) -> MaskingRule:
         if not self.columns and not self.tags:
             raise ValueError("a masking rule names at least one column pattern or tag")
-        if self.text is not None and self.function != "redact":
-            raise ValueError("text is a parameter of the redact function only")
-        if self.text is not None and "\x00" in self.text:
-            raise ValueError("text contains a NUL character")
-        if (self.first or self.last) and self.function != "partial":
-            raise ValueError("first and last are parameters of the partial function only")
-        if self.function == "partial" and not (self.first or self.last):
-            raise ValueError("partial keeps first and/or last characters: set at least one of them")
+        _check_function_parameters(self.function, self.text, self.first, self.last)
         if self.strict and self.function == "hash":
             # Computing the HMAC in the database would put the deployment's key into statement text
             # (pg_stat_activity, server logs, pg_stat_statements).
@@ -225,6 +218,56 @@ class MaskingRule(BaseModel):
                 "strict masking cannot use hash: the key would appear in statement text; use null, "
                 "redact, default, last4, partial or email"
             )
+        return self
+
+
+def _check_function_parameters(function: str, text: str | None, first: int, last: int) -> None:
+    if text is not None and function != "redact":
+        raise ValueError("text is a parameter of the redact function only")
+    if text is not None and "\x00" in text:
+        raise ValueError("text contains a NUL character")
+    if (first or last) and function != "partial":
+        raise ValueError("first and last are parameters of the partial function only")
+    if function == "partial" and not (first or last):
+        raise ValueError("partial keeps first and/or last characters: set at least one of them")
+
+
+# What content detectors find (docs/masking.md, Content detectors).
+DETECTOR_KINDS: tuple[str, ...] = ("email", "card", "ssn", "phone")
+DetectorKind = Literal["email", "card", "ssn", "phone"]
+
+
+class Detectors(BaseModel):
+    """Content detectors: output columns with no table origin are scanned per value, and a value that
+    contains a detected item is masked whole with the function."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kinds: list[DetectorKind] = Field(
+        min_length=1, description="What to detect: email, card (Luhn-checked), ssn (US), phone"
+    )
+    function: MaskFunction = Field(
+        default="redact", description="How a value with a detected item is masked; see docs/masking.md"
+    )
+    text: str | None = Field(
+        default=None, max_length=200, description="redact: the replacement text (omitted: NULL)"
+    )
+    first: int = Field(default=0, ge=0, le=100, description="partial: characters kept at the start")
+    last: int = Field(default=0, ge=0, le=100, description="partial: characters kept at the end")
+    exempt_groups: list[GroupOrUser] = Field(
+        default_factory=list, description="Groups whose sessions are not scanned"
+    )
+
+    @field_validator("kinds")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("kinds lists a kind twice")
+        return value
+
+    @model_validator(mode="after")
+    def _parameters(self) -> Detectors:
+        _check_function_parameters(self.function, self.text, self.first, self.last)
         return self
 
 
@@ -260,6 +303,10 @@ class PolicyDocument(BaseModel):
     guardrails: Guardrails = Field(default_factory=Guardrails)
     masking: list[MaskingRule] = Field(
         default_factory=list, description="Columns the subjects see masked (docs/masking.md)"
+    )
+    detectors: Detectors | None = Field(
+        default=None,
+        description="Content detectors for output columns with no table origin (docs/masking.md)",
     )
     column_tags: dict[ColumnPattern, list[TagName]] = Field(
         default_factory=dict,

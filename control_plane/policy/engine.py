@@ -631,6 +631,12 @@ class PolicyEngine:
                 # sub-selects: `(select email as x, lower(email) as y …)` vs the swapped aliases.
                 # A rewritten text holds the client's constants: only the same text may reuse it.
                 cache = min(cache, CACHE_TEXT)
+        if decision.action == "allow" and state.grant.masking.detectors and state.masks is None:
+            refusal = _detectors_refusal(statements)
+            if refusal is not None:
+                decision.action, decision.sqlstate = "deny", "42501"
+                decision.message, decision.hint = refusal.message, refusal.hint
+                decision.policy, decision.rule = None, "detectors"
         if unqualified and (len(state.paths) > 1 or self._diverged.get(state.grant.cache_key)):
             cache = CACHE_NONE
         decision.cache = CACHE_NAMES[cache]
@@ -965,6 +971,20 @@ class PolicyEngine:
             f"no rule of the policies that apply allows it ({policies}; {scope}scope)",
             self.request_hint(grant.connection),
         )
+
+
+def _detectors_refusal(statements: Sequence[Analysis]) -> Refusal | None:
+    """Content detectors scan result rows; COPY … TO output has no rows to scan, so a session with
+    detectors (and no masked columns, whose refusals already cover COPY) refuses it."""
+    for a in statements:
+        if "copy_out" in a.classes:
+            return Refusal(
+                "42501",
+                "refused by pgward: COPY … TO is not available in a session with content detectors "
+                "(they scan result rows, not COPY data)",
+                hint="use SELECT; its rows are scanned",
+            )
+    return None
 
 
 def deny_all_engine() -> PolicyEngine:

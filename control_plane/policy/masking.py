@@ -19,7 +19,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from control_plane.connections.service import ConnectionTarget
 from control_plane.policy.classify import Unparsable, parse
-from control_plane.policy.documents import MASK_FUNCTIONS, PolicyDocument, split_column_pattern
+from control_plane.policy.documents import (
+    DETECTOR_KINDS,
+    MASK_FUNCTIONS,
+    PolicyDocument,
+    split_column_pattern,
+)
 from control_plane.policy.leaks import Col, Leak, MaskIndex, Relation, view_outputs
 
 log = structlog.get_logger("pgward.masking")
@@ -124,10 +129,20 @@ class SessionMasking:
     # Tags the rules name that no policy on the connection assigns: the session is refused (a rule
     # that silently matched nothing would leave the columns in clear).
     undefined_tags: tuple[str, ...] = ()
+    # Content detectors: (kind, function), strictest function first; the data plane scans columns
+    # with no table origin. They need no catalog and change no decision.
+    detectors: tuple[tuple[str, MaskSpec], ...] = ()
 
     @property
     def active(self) -> bool:
         return bool(self.rules)
+
+    def scope_detectors(self) -> list[dict[str, Any]]:
+        """The detectors as the data plane's scope carries them (order matters: strictest first)."""
+        return [
+            {"kind": kind, "function": s.function, "text": s.text, "first": s.first, "last": s.last}
+            for kind, s in self.detectors
+        ]
 
     def key(self) -> str:
         data = [
@@ -189,8 +204,28 @@ def session_masking(
     defined: set[str] = set().union(*tags.values()) if tags else set()
     undefined = sorted({t for r in rules for t in r.tags} - defined)
     return SessionMasking(
-        tuple(rules), tuple(sorted((p, frozenset(t)) for p, t in tags.items())), tuple(undefined)
+        tuple(rules),
+        tuple(sorted((p, frozenset(t)) for p, t in tags.items())),
+        tuple(undefined),
+        session_detectors(applicable, mine),
     )
+
+
+def session_detectors(
+    applicable: Sequence[PolicyDocument], groups: frozenset[str]
+) -> tuple[tuple[str, MaskSpec], ...]:
+    """Each kind any applicable policy detects (unless the identity is exempt), with the strictest
+    function those policies give it; strictest first, so a value holding several kinds gets the
+    strictest of their functions."""
+    by_kind: dict[str, list[MaskSpec]] = {}
+    for doc in applicable:
+        d = doc.detectors
+        if d is None or groups & set(d.exempt_groups):
+            continue
+        for kind in d.kinds:
+            by_kind.setdefault(kind, []).append(MaskSpec(d.function, d.text, d.first, d.last))
+    chosen = [(kind, strictest(specs)) for kind, specs in by_kind.items()]
+    return tuple(sorted(chosen, key=lambda ks: (ks[1].strictness(), DETECTOR_KINDS.index(ks[0]))))
 
 
 # --- the catalog -----------------------------------------------------------------------------------

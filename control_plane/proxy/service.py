@@ -282,6 +282,7 @@ class DecisionService:
             run_as=grant.run_as,
             read_only=grant.read_only,
             masked_columns=len(masks.masks) if masks else 0,
+            detectors=[kind for kind, _ in grant.masking.detectors],
         )
         # The grant's key has the policy version, identity, groups and connection; the deny list's
         # hash joins it so a changed deny list never reuses cached decisions either. Masked sessions
@@ -297,7 +298,8 @@ class DecisionService:
             "scope": {
                 "scope_key": scope_key,
                 "masks": masks.scope_masks() if masks is not None else [],
-                "mask_key": self._hash_key() if masks is not None else "",
+                "detectors": grant.masking.scope_detectors(),
+                "mask_key": self._hash_key() if masks is not None or grant.masking.detectors else "",
                 "setup_sql": grant.setup_sql(),
                 "identity": identity.subject,
                 "session_uuid": session_uuid,

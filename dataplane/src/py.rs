@@ -21,7 +21,8 @@ use crate::decide::types::{CachePolicy, Decision, Refusal, Scope};
 use crate::decide::Bridge;
 use crate::frontend::workers::Workers;
 use crate::frontend::{listener, Gateway, GatewayConfig};
-use crate::mask::{MaskFunction, MaskPlan};
+use crate::mask::detect::{detect as detect_kinds, Kinds};
+use crate::mask::{Detectors, Kind, MaskFunction, MaskPlan};
 use crate::net::framing::DEFAULT_MAX_MESSAGE;
 use crate::net::tls::{server_config, UpstreamTls};
 
@@ -328,30 +329,97 @@ impl Dataplane {
     }
 }
 
-/// `masks`: `[{table_oid, attnum, function, text?, first?, last?}]`, `mask_key`: hex.
+/// `masks`: `[{table_oid, attnum, function, text?, first?, last?}]`, `detectors`:
+/// `[{kind, function, text?, first?, last?}]` strictest first, `mask_key`: hex.
 fn convert_masks(scope: &Bound<'_, PyDict>) -> PyResult<MaskPlan> {
-    let Some(masks) = scope.get_item("masks")?.filter(|m| !m.is_none()) else {
-        return Ok(MaskPlan::default());
-    };
     let key_hex = optional::<String>(scope, "mask_key")?.unwrap_or_default();
     let key = decode_hex(&key_hex).ok_or_else(|| PyValueError::new_err("mask_key must be hex"))?;
     let mut columns = HashMap::new();
-    for item in masks.try_iter()? {
-        let item = item?;
-        let spec = item.downcast::<PyDict>()?;
-        let function = MaskFunction::from_spec(
-            &required(spec, "function")?.extract::<String>()?,
-            optional(spec, "text")?,
-            optional::<usize>(spec, "first")?.unwrap_or(0),
-            optional::<usize>(spec, "last")?.unwrap_or(0),
-            &key,
-        )
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let table_oid: u32 = required(spec, "table_oid")?.extract()?;
-        let attnum: i16 = required(spec, "attnum")?.extract()?;
-        columns.insert((table_oid, attnum), function);
+    if let Some(masks) = scope.get_item("masks")?.filter(|m| !m.is_none()) {
+        for item in masks.try_iter()? {
+            let item = item?;
+            let spec = item.downcast::<PyDict>()?;
+            let table_oid: u32 = required(spec, "table_oid")?.extract()?;
+            let attnum: i16 = required(spec, "attnum")?.extract()?;
+            columns.insert((table_oid, attnum), convert_function(spec, &key)?);
+        }
     }
-    Ok(MaskPlan::new(columns))
+    let mut detectors = Vec::new();
+    if let Some(items) = scope.get_item("detectors")?.filter(|m| !m.is_none()) {
+        for item in items.try_iter()? {
+            let item = item?;
+            let spec = item.downcast::<PyDict>()?;
+            let name: String = required(spec, "kind")?.extract()?;
+            let kind = Kind::from_name(&name)
+                .ok_or_else(|| PyValueError::new_err(format!("unknown detector kind {name:?}")))?;
+            detectors.push((kind, convert_function(spec, &key)?));
+        }
+    }
+    Ok(MaskPlan::new(columns).with_detectors(Detectors::new(detectors)))
+}
+
+fn convert_function(spec: &Bound<'_, PyDict>, key: &[u8]) -> PyResult<MaskFunction> {
+    MaskFunction::from_spec(
+        &required(spec, "function")?.extract::<String>()?,
+        optional(spec, "text")?,
+        optional::<usize>(spec, "first")?.unwrap_or(0),
+        optional::<usize>(spec, "last")?.unwrap_or(0),
+        key,
+    )
+    .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// The kinds of content the data plane's detectors find in `value` (`email`, `card`, `ssn`,
+/// `phone`): the same scanners that mask columns without an origin.
+#[pyfunction]
+fn detect(value: Text) -> Vec<&'static str> {
+    detect_kinds(value.bytes(), all_kinds())
+        .iter()
+        .map(Kind::name)
+        .collect()
+}
+
+/// A value to scan: `str` (scanned as UTF-8) or `bytes`.
+#[derive(FromPyObject)]
+enum Text {
+    Str(pyo3::pybacked::PyBackedStr),
+    Bytes(pyo3::pybacked::PyBackedBytes),
+}
+
+impl Text {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Text::Str(s) => s.as_bytes(),
+            Text::Bytes(b) => b,
+        }
+    }
+}
+
+/// For each kind, how many of `values` contain it (None values are skipped): what `pgward
+/// connections propose-tags` counts over a column's sample, in one call per column.
+#[pyfunction]
+fn detect_counts(py: Python<'_>, values: Vec<Option<Text>>) -> HashMap<&'static str, usize> {
+    let values: Vec<&[u8]> = values.iter().flatten().map(Text::bytes).collect();
+    py.allow_threads(|| {
+        let mut counts: HashMap<&'static str, usize> =
+            Kind::ALL.iter().map(|k| (k.name(), 0)).collect();
+        for value in &values {
+            for kind in detect_kinds(value, all_kinds()).iter() {
+                if let Some(n) = counts.get_mut(kind.name()) {
+                    *n += 1;
+                }
+            }
+        }
+        counts
+    })
+}
+
+fn all_kinds() -> Kinds {
+    let mut kinds = Kinds::default();
+    for kind in Kind::ALL {
+        kinds.insert(kind);
+    }
+    kinds
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
@@ -391,6 +459,8 @@ fn convert_refusal(d: &Bound<'_, PyDict>, default_sqlstate: &str) -> PyResult<Re
 #[pyo3(name = "_dataplane")]
 pub fn dataplane_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Dataplane>()?;
+    m.add_function(wrap_pyfunction!(detect, m)?)?;
+    m.add_function(wrap_pyfunction!(detect_counts, m)?)?;
     m.add("DEFAULT_MAX_MESSAGE", DEFAULT_MAX_MESSAGE)?;
     Ok(())
 }

@@ -1,51 +1,131 @@
 //! Which result columns a session must mask, and the per-result row rewriter.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::functions::MaskFunction;
+use super::detect::{Kind, Kinds};
+use super::functions::{oid, MaskFunction};
 use crate::net::messages::{parse_data_row, Column, MessageError};
 
-/// The session's masking rules compiled to column origins: (table OID, attribute number).
+/// The session's masking rules compiled to column origins: (table OID, attribute number), and its
+/// content detectors for columns without an origin.
 #[derive(Debug, Clone, Default)]
 pub struct MaskPlan {
     columns: HashMap<(u32, i16), MaskFunction>,
+    detectors: Option<Arc<Detectors>>,
 }
 
 impl MaskPlan {
     pub fn new(columns: HashMap<(u32, i16), MaskFunction>) -> Self {
-        Self { columns }
+        Self {
+            columns,
+            detectors: None,
+        }
+    }
+
+    /// The same plan, also scanning columns without an origin with `detectors`.
+    #[must_use]
+    pub fn with_detectors(mut self, detectors: Detectors) -> Self {
+        self.detectors = (!detectors.is_empty()).then(|| Arc::new(detectors));
+        self
+    }
+
+    /// Nothing to mask and nothing to scan: the relay never looks at rows.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty() && self.detectors.is_none()
+    }
+
+    /// The masker for one result shape; `None` when no column of it is masked or scanned.
+    pub fn for_columns(&self, columns: &[Column]) -> Option<RowMasker> {
+        if self.is_empty() {
+            return None;
+        }
+        let actions: Vec<Option<Masking>> = columns
+            .iter()
+            .map(|c| {
+                let binary = c.format == 1;
+                if let Some(f) = self.columns.get(&(c.table_oid, c.attnum)) {
+                    return Some(Masking::Function(f.clone(), c.type_oid, binary));
+                }
+                // Only columns with no table origin are scanned: a column with an origin is masked
+                // by its rules or is in clear by policy.
+                (self.detectors.is_some() && c.table_oid == 0 && is_scanned_type(c.type_oid))
+                    .then_some(Masking::Detect(c.type_oid, binary))
+            })
+            .collect();
+        actions.iter().any(Option::is_some).then(|| RowMasker {
+            actions,
+            detectors: self.detectors.clone(),
+        })
+    }
+}
+
+/// Types whose values detectors scan: text-like types, whose text and binary forms are the text
+/// itself, JSON (its binary form is the text) and JSONB (a version byte, then the text).
+fn is_scanned_type(type_oid: u32) -> bool {
+    matches!(
+        type_oid,
+        oid::TEXT
+            | oid::VARCHAR
+            | oid::BPCHAR
+            | oid::NAME
+            | oid::CITEXT_LIKE_UNKNOWN
+            | oid::JSON
+            | oid::JSONB
+    )
+}
+
+/// A session's content detectors: each enabled kind with the function a value containing it gets,
+/// strictest first.
+#[derive(Debug, Clone, Default)]
+pub struct Detectors {
+    rules: Vec<(Kind, MaskFunction)>,
+}
+
+impl Detectors {
+    /// `rules` in strictness order: when a value holds several kinds, the first listed wins.
+    pub fn new(rules: Vec<(Kind, MaskFunction)>) -> Self {
+        let mut seen = Kinds::default();
+        let rules = rules
+            .into_iter()
+            .filter(|(k, _)| {
+                let new = !seen.contains(*k);
+                seen.insert(*k);
+                new
+            })
+            .collect();
+        Self { rules }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.columns.is_empty()
+        self.rules.is_empty()
     }
 
-    /// The masker for one result shape; `None` when no column of it is masked.
-    pub fn for_columns(&self, columns: &[Column]) -> Option<RowMasker> {
-        if self.columns.is_empty() {
-            return None;
-        }
-        let actions: Vec<Option<(MaskFunction, u32, bool)>> = columns
+    /// The function for a value that contains a detected item, `None` when nothing is detected.
+    /// Stops at the strictest kind found; a value with no match costs one scan per kind.
+    pub fn function_for(&self, value: &[u8]) -> Option<&MaskFunction> {
+        self.rules
             .iter()
-            .map(|c| {
-                self.columns
-                    .get(&(c.table_oid, c.attnum))
-                    .map(|f| (f.clone(), c.type_oid, c.format == 1))
-            })
-            .collect();
-        actions
-            .iter()
-            .any(Option::is_some)
-            .then_some(RowMasker { actions })
+            .find(|(kind, _)| kind.found_in(value))
+            .map(|(_, f)| f)
     }
+}
+
+#[derive(Debug, Clone)]
+enum Masking {
+    /// A masked column: (function, type OID, binary format).
+    Function(MaskFunction, u32, bool),
+    /// A column without an origin, scanned by the detectors: (type OID, binary format).
+    Detect(u32, bool),
 }
 
 /// Rewrites the DataRows of one result.
 #[derive(Debug, Clone)]
 pub struct RowMasker {
-    actions: Vec<Option<(MaskFunction, u32, bool)>>,
+    actions: Vec<Option<Masking>>,
+    detectors: Option<Arc<Detectors>>,
 }
 
 impl RowMasker {
@@ -69,9 +149,18 @@ impl RowMasker {
         for (field, action) in fields.iter().zip(&self.actions) {
             let masked;
             let value = match (field, action) {
-                (Some(v), Some((f, ty, binary))) => {
+                (Some(v), Some(Masking::Function(f, ty, binary))) => {
                     masked = f.apply(*ty, *binary, v);
                     masked.as_deref()
+                }
+                (Some(v), Some(Masking::Detect(ty, binary))) => {
+                    match self.detectors.as_ref().and_then(|d| d.function_for(v)) {
+                        Some(f) => {
+                            masked = f.apply(*ty, *binary, v);
+                            masked.as_deref()
+                        }
+                        None => Some(*v),
+                    }
                 }
                 (v, _) => *v,
             };
@@ -155,7 +244,95 @@ mod tests {
         assert!(plan().for_columns(&[col(100, 1, 23)]).is_none());
     }
 
+    fn detecting() -> MaskPlan {
+        MaskPlan::new(HashMap::new()).with_detectors(Detectors::new(vec![
+            (Kind::Ssn, MaskFunction::Null),
+            (
+                Kind::Email,
+                MaskFunction::Redact {
+                    text: Some("[email]".into()),
+                },
+            ),
+            (Kind::Ssn, MaskFunction::Email),
+        ]))
+    }
+
+    fn typed(type_oid: u32, format: i16) -> Column {
+        Column {
+            format,
+            ..col(0, 0, type_oid)
+        }
+    }
+
+    #[test]
+    fn detectors_scan_only_text_like_columns_without_an_origin() {
+        let plan = detecting();
+        assert!(!plan.is_empty());
+        assert!(MaskPlan::default()
+            .with_detectors(Detectors::default())
+            .is_empty());
+        // A table column, an int column and a bytea column are never scanned.
+        assert!(plan
+            .for_columns(&[col(100, 3, 25), typed(23, 0), typed(17, 0)])
+            .is_none());
+        let masker = plan
+            .for_columns(&[
+                col(100, 3, 25),
+                typed(25, 0),
+                typed(1043, 1),
+                typed(3802, 1),
+                typed(114, 0),
+            ])
+            .unwrap();
+        let row = build_data_row(
+            [
+                Some(&b"jane@example.com"[..]),
+                Some(&b"mail jane@example.com or call"[..]),
+                Some(&b"ssn 123-45-6789 and jane@example.com"[..]),
+                Some(&b"\x01{\"e\": \"jane@example.com\"}"[..]),
+                Some(&b"{\"ssn\": \"666-12-3456\"}"[..]),
+            ]
+            .into_iter(),
+            64,
+        )
+        .unwrap();
+        let out = masker.mask(&row[5..]).unwrap();
+        let fields = parse_data_row(&out[5..]).unwrap();
+        assert_eq!(
+            fields,
+            vec![
+                // The table column is not scanned (no rule masks it).
+                Some(&b"jane@example.com"[..]),
+                Some(&b"[email]"[..]),
+                // Both kinds: the strictest (listed first) wins.
+                None,
+                // JSON gets a valid JSON value whatever the function.
+                Some(&b"\x01null"[..]),
+                // Not a valid SSN: passes.
+                Some(&b"{\"ssn\": \"666-12-3456\"}"[..]),
+            ]
+        );
+    }
+
     proptest! {
+        #[test]
+        fn detecting_any_row_gives_a_well_formed_row_or_an_error(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let masker = detecting().for_columns(&[typed(25, 0), typed(3802, 1)]).unwrap();
+            if let Ok(frame) = masker.mask(&body) {
+                prop_assert!(parse_data_row(&frame[5..]).is_ok());
+            }
+        }
+
+        #[test]
+        fn detected_values_never_pass(local in "[a-z]{1,10}", noise in "[a-z ]{0,20}") {
+            let value = format!("{noise}{local}@example.org{noise}");
+            let masker = detecting().for_columns(&[typed(25, 0)]).unwrap();
+            let row = build_data_row([Some(value.as_bytes())].into_iter(), 64).unwrap();
+            let out = masker.mask(&row[5..]).unwrap();
+            let fields = parse_data_row(&out[5..]).unwrap();
+            prop_assert_eq!(fields, vec![Some(&b"[email]"[..])]);
+        }
+
         #[test]
         fn any_row_in_gives_a_well_formed_row_or_an_error(body in proptest::collection::vec(any::<u8>(), 0..128)) {
             let masker = plan().for_columns(&[col(100, 3, 25), col(100, 4, 25)]).unwrap();

@@ -23,13 +23,14 @@ pytestmark = pytest.mark.drivers
 
 PROJECT = DRIVERS_DIR / "go"
 BINARY = PROJECT / "bin" / "pgxcheck"
+SOURCES = [PROJECT / "main.go", PROJECT / "queries.go", PROJECT / "go.mod", PROJECT / "go.sum"]
 
 
 @pytest.fixture(scope="module")
 def go_run(pg_endpoint: Any) -> ProgramRun:
     tools = require_tool("go")
     build_seconds = None
-    if is_stale(BINARY, [PROJECT / "main.go", PROJECT / "go.mod", PROJECT / "go.sum"]):
+    if is_stale(BINARY, SOURCES):
         # -mod=readonly: go.sum is committed; a build never rewrites it.
         build_seconds = build([tools["go"], "build", "-mod=readonly", "-o", str(BINARY), "."], PROJECT)
     run = run_program([str(BINARY)], PROJECT, pg_endpoint)

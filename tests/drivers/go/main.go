@@ -1,6 +1,7 @@
 // Command pgxcheck runs pgx v5 against the endpoint named by PGHOST, PGPORT, PGDATABASE, PGUSER,
 // PGPASSWORD and PGSSLROOTCERT (TLS with full verification), printing one JSON object per check and
-// exiting 1 when any check failed.
+// exiting 1 when any check failed. With PGWARD_QUERIES it runs the queries of that file instead
+// (queries.go).
 package main
 
 import (
@@ -112,6 +113,13 @@ func main() {
 		"verified":       len(state.VerifiedChains) > 0,
 	}, started)
 
+	if path := os.Getenv("PGWARD_QUERIES"); path != "" {
+		runQueries(ctx, conn, path)
+		if failures > 0 {
+			os.Exit(1)
+		}
+		return
+	}
 	run(ctx, conn, "simple_query", simpleQuery)
 	run(ctx, conn, "prepared_statement", prepared)
 	run(ctx, conn, "binary_results", binaryResults)

@@ -1,7 +1,8 @@
 'use strict'
 // Runs node-postgres (pg) and pg-copy-streams against the endpoint named by PGHOST, PGPORT, PGDATABASE,
 // PGUSER, PGPASSWORD and PGSSLROOTCERT (TLS with full verification), printing one JSON object per
-// check and exiting 1 when any check failed.
+// check and exiting 1 when any check failed. With PGWARD_QUERIES it runs the queries of that file
+// instead (queries.js).
 
 const fs = require('node:fs')
 const { pipeline } = require('node:stream/promises')
@@ -231,6 +232,14 @@ async function main() {
     authorized: sock.authorized,
   }, started)
 
+  if (process.env.PGWARD_QUERIES) {
+    await require('./queries').runQueries(client, process.env.PGWARD_QUERIES, emit)
+    await client.end()
+    // Not process.exit(): its output can be large, and exiting would cut off what a pipe has not
+    // taken yet.
+    process.exitCode = failures === 0 ? 0 : 1
+    return
+  }
   const checks = [
     ['simple_query', simpleQuery],
     ['prepared_statement', prepared],

@@ -66,6 +66,20 @@ public final class PgjdbcCheck {
                 "server_version", conn.getMetaData().getDatabaseProductVersion(), "sslmode", "verify-full"),
                 (System.nanoTime() - t0) / 1_000_000, true);
 
+        String queries = System.getenv("PGWARD_QUERIES");
+        if (queries != null && !queries.isEmpty()) {
+            // Text: the simple protocol. Binary: server-prepared from the first execution, with binary
+            // transfer for text types too (pgjdbc leaves them in text format unless told).
+            String textUrl = url + "&preferQueryMode=simple";
+            String binaryUrl = url.replace("prepareThreshold=1", "prepareThreshold=-1")
+                    .replace("binaryTransferEnable=1700", "binaryTransferEnable=1700,25,1043,1042,114,3802");
+            try (Connection text = DriverManager.getConnection(textUrl, props);
+                 Connection binary = DriverManager.getConnection(binaryUrl, props)) {
+                Queries.run(java.nio.file.Path.of(queries), text, binary);
+            }
+            conn.close();
+            System.exit(failures == 0 ? 0 : 1);
+        }
         run(conn, "simple_query", PgjdbcCheck::simpleQuery);
         run(conn, "prepared_statement", PgjdbcCheck::prepared);
         run(conn, "binary_results", PgjdbcCheck::binary);
@@ -337,7 +351,7 @@ public final class PgjdbcCheck {
     }
 
     /** A JSON object from alternating keys and values (strings, numbers, booleans). */
-    private static String obj(Object... kv) {
+    static String obj(Object... kv) {
         StringBuilder sb = new StringBuilder("{");
         for (int i = 0; i < kv.length; i += 2) {
             if (i > 0) {
@@ -348,7 +362,7 @@ public final class PgjdbcCheck {
         return sb.append('}').toString();
     }
 
-    private static String value(Object v) {
+    static String value(Object v) {
         if (v == null) {
             return "null";
         }
@@ -358,7 +372,7 @@ public final class PgjdbcCheck {
         return quote(v.toString());
     }
 
-    private static String quote(String s) {
+    static String quote(String s) {
         StringBuilder sb = new StringBuilder("\"");
         for (char c : s.toCharArray()) {
             switch (c) {
@@ -379,11 +393,11 @@ public final class PgjdbcCheck {
         return sb.append('"').toString();
     }
 
-    private static void emit(String check, boolean ok, String detail) {
+    static void emit(String check, boolean ok, String detail) {
         emit(check, ok, quote(detail), -1, true);
     }
 
-    private static void emit(String check, boolean ok, String detailJson, long ms, boolean raw) {
+    static void emit(String check, boolean ok, String detailJson, long ms, boolean raw) {
         if (!ok) {
             failures++;
         }

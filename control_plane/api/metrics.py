@@ -23,6 +23,7 @@ _HELP = {
     "cache_hits_fingerprint": "Decisions served from the fingerprint cache",
     "python_decisions": "Decisions that asked the Python decision service",
     "denials": "Statements refused",
+    "rewrites": "Statements sent upstream rewritten (strict masking)",
     "protocol_errors": "Sessions closed for protocol violations",
     "cached_decisions": "Decisions held in the Rust cache",
     "cancel_keys": "Cancel keys issued and still valid",

@@ -539,4 +539,12 @@ def rewrite_strict(
 ) -> str | None:
     """The statement rewritten for strict masking; None when it reads no strict-masked relation.
     Raises Unrewritable (a Leak: refused with 42501) when it cannot be made safe."""
-    return Rewriter(strict, index, search_path).rewrite(sql)
+    try:
+        return Rewriter(strict, index, search_path).rewrite(sql)
+    except Leak:
+        raise
+    except Exception as e:  # fail closed: a shape the rewriter does not handle
+        raise Unrewritable(
+            f"pgward could not rewrite the statement for strict masking ({type(e).__name__}), "
+            "so it is refused"
+        ) from e

@@ -234,9 +234,12 @@ def test_repeated_statements_are_cached(strict_gateway: PolicyGateway, sam: psyc
     sql = "select count(*) from shop.customers where email like '****@%' and id < 100"
     one(sam, sql)
     before = proxy_metric(strict_gateway.gw, "python_decisions")
+    rewrites = proxy_metric(strict_gateway.gw, "rewrites")
     for _ in range(5):
         assert one(sam, sql) == 99
     assert proxy_metric(strict_gateway.gw, "python_decisions") == before
+    # Each repeat still went upstream rewritten (from the cache).
+    assert proxy_metric(strict_gateway.gw, "rewrites") == rewrites + 5
 
 
 def test_views_over_strict_columns(

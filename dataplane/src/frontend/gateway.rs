@@ -30,6 +30,8 @@ pub struct Stats {
     pub cache_hits_fingerprint: AtomicU64,
     pub python_decisions: AtomicU64,
     pub denials: AtomicU64,
+    /// Statements sent upstream as rewritten text (strict masking).
+    pub rewrites: AtomicU64,
     pub protocol_errors: AtomicU64,
 }
 
@@ -44,6 +46,7 @@ impl Stats {
             ("cache_hits_fingerprint", get(&self.cache_hits_fingerprint)),
             ("python_decisions", get(&self.python_decisions)),
             ("denials", get(&self.denials)),
+            ("rewrites", get(&self.rewrites)),
             ("protocol_errors", get(&self.protocol_errors)),
         ]
     }

@@ -233,12 +233,15 @@ impl<'a> Relay<'a> {
             .await;
         match decision {
             Decision::Allow => Ok(None),
-            Decision::Rewrite(text) => Ok(Some(match &parse {
-                None => build_query(&text),
-                // Same statement name and parameter types: Bind, Describe and Execute that follow
-                // refer to it unchanged.
-                Some((name, types)) => build_parse(name, &text, types),
-            })),
+            Decision::Rewrite(text) => {
+                self.gw.stats.rewrites.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(match &parse {
+                    None => build_query(&text),
+                    // Same statement name and parameter types: Bind, Describe and Execute that follow
+                    // refer to it unchanged.
+                    Some((name, types)) => build_parse(name, &text, types),
+                }))
+            }
             Decision::Deny(refusal) => {
                 self.record_denial(refusal);
                 let substitute = match parse_name {

@@ -26,6 +26,7 @@ from control_plane.policy.classify import (
     parse,
     parse_search_path,
 )
+from control_plane.policy.copy import CopyShape
 from control_plane.policy.documents import GUARDRAILS, READ_ONLY_CLASSES, PolicyDocument, split_pattern
 from control_plane.policy.functions import CATALOG_RELATIONS
 from control_plane.policy.leaks import Leak, check_statement, created_relation
@@ -204,6 +205,9 @@ class StatementDecision:
     matched: list[str] = field(default_factory=list)
     # Strict masking: the text the data plane sends upstream instead of the client's.
     rewritten: str | None = None
+    # Plans for the COPY … TO STDOUT statements of a masked session, in statement order: the data
+    # plane masks their output by them (see ResolvedMasks.copy_plan).
+    copy: list[dict[str, Any]] | None = None
 
     def answer(self) -> dict[str, Any]:
         """The data plane's answer format."""
@@ -215,6 +219,8 @@ class StatementDecision:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
+        if self.action == "allow" and self.copy:
+            out["copy"] = self.copy
         return out
 
     def explain(self) -> dict[str, Any]:
@@ -617,7 +623,7 @@ class PolicyEngine:
                     )
                 break
         if decision.action == "allow" and state.masks is not None:
-            refusal, touched = self._masking(state, statements, sql, decision)
+            refusal, touched, copies = self._masking(state, statements, sql, decision)
             if refusal is not None:
                 decision.action, decision.sqlstate = "deny", "42501"
                 decision.message, decision.detail, decision.hint = (
@@ -630,6 +636,10 @@ class PolicyEngine:
                 # Fingerprints ignore column aliases, and leak analysis follows them through
                 # sub-selects: `(select email as x, lower(email) as y …)` vs the swapped aliases.
                 # A rewritten text holds the client's constants: only the same text may reuse it.
+                cache = min(cache, CACHE_TEXT)
+            if refusal is None and copies:
+                # A plan holds options (delimiters, NULL strings) that fingerprints normalise away.
+                decision.copy = copies
                 cache = min(cache, CACHE_TEXT)
         if decision.action == "allow" and state.grant.masking.detectors and state.masks is None:
             refusal = _detectors_refusal(statements)
@@ -646,9 +656,10 @@ class PolicyEngine:
 
     def _masking(
         self, state: SessionState, statements: Sequence[Analysis], sql: str, decision: StatementDecision
-    ) -> tuple[Refusal | None, bool]:
-        """Leak analysis of a masked session's statements: (refusal or None, read a masked relation).
-        With strict masking, also the rewritten text (`decision.rewritten`)."""
+    ) -> tuple[Refusal | None, bool, list[dict[str, Any]]]:
+        """Leak analysis of a masked session's statements: (refusal or None, read a masked relation,
+        plans of its COPY … TO STDOUT statements in order). With strict masking, also the rewritten
+        text (`decision.rewritten`)."""
         masks = state.masks
         assert masks is not None
         grant = state.grant
@@ -660,6 +671,7 @@ class PolicyEngine:
                     schemas.append(name)
         strict = bool(masks.strict)
         touched = False
+        plans: list[dict[str, Any]] = []
         for a in statements:
             analyses = [a, *(state.prepared.get(a.execute, []) if a.execute else [])]
             try:
@@ -670,10 +682,14 @@ class PolicyEngine:
                                 f"function {need.obj}() could return masked data in clear, and this "
                                 "session has masked columns"
                             )
+                    copies: list[CopyShape] = []
                     touched = (
-                        check_statement(item.node, masks.index, tuple(schemas), state.created, strict)
+                        check_statement(
+                            item.node, masks.index, tuple(schemas), state.created, strict, copies
+                        )
                         or touched
                     )
+                    plans.extend(masks.copy_plan(shape) for shape in copies)
                     made = created_relation(item.node)
                     if made is not None:
                         state.created = state.created | {made}
@@ -694,8 +710,9 @@ class PolicyEngine:
                         + self.request_hint(grant.connection),
                     ),
                     touched,
+                    [],
                 )
-        return None, touched
+        return None, touched, plans
 
     def _commit(self, session_id: int, opened: SessionState, state: SessionState) -> None:
         opened.prepared = state.prepared

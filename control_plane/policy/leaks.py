@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from control_plane.policy.copy import CopyOptions, CopyRefused, CopyShape
 from control_plane.policy.functions import CATALOG_RELATIONS
 
 CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
@@ -89,6 +90,7 @@ class Relation:
     refused: str | None = None  # why any statement reading it is refused (a view pgward cannot mask)
     # Columns masked strictly: reads of them are rewritten to masked values at the source.
     strict: frozenset[str] = frozenset()
+    generated: frozenset[str] = frozenset()  # generated columns: COPY … TO leaves them out
 
     def col(self, name: str, strict_clean: bool = False) -> Col | None:
         if name in self.tainted:
@@ -205,6 +207,9 @@ class Source:
     columns: dict[str, Col] | None
     default: Col = CLEAN
     qualified_only: bool = False  # RETURNING's old/new: only `old.x` reaches them, never a bare `x`
+    # `*` over it gives exactly `columns`, in order (a relation of the catalog): COPY plans need
+    # positions, and other sources' columns are tracked by name only.
+    exact: bool = False
 
     def whole(self) -> Col:
         if self.columns is None:
@@ -219,6 +224,7 @@ class Scope:
     ctes: dict[str, list[tuple[str, Col]] | None]
     coalesced: set[str] = field(default_factory=set)  # FULL JOIN USING columns: COALESCE, no origin
     natural_full: bool = False
+    merged: bool = False  # a USING or NATURAL join: `*` puts the merged columns first, once
 
     def cte(self, name: str) -> tuple[bool, list[tuple[str, Col]] | None]:
         scope: Scope | None = self
@@ -246,6 +252,9 @@ class Analyzer:
         # (except a DML target's own columns, which stay the real table's and keep their taint).
         self.strict_clean = strict_clean
         self.touched = False  # a relation with masked columns was read: the decision depends on names
+        self.copies: list[CopyShape] = []  # COPY … TO STDOUT statements, in order
+        # Why the top-level output columns' positions are not known exactly (for COPY plans).
+        self.inexact: str | None = None
 
     # --- statements --------------------------------------------------------------------------------
 
@@ -300,20 +309,53 @@ class Analyzer:
             if body.get("whereClause"):
                 self.expr(body["whereClause"], _empty_scope())
             return
+        if body.get("is_program") or body.get("filename") is not None:
+            # The server writes the file itself: nothing passes the gateway to be masked.
+            raise Leak(
+                "COPY … TO a server file or PROGRAM is not available in a session with masked columns "
+                "(pgward masks what it relays); use COPY … TO STDOUT"
+            )
+        try:
+            options = CopyOptions.parse(body.get("options"))
+        except CopyRefused as e:
+            raise Leak(e.message) from e
         rel = body.get("relation")
+        columns: tuple[Col, ...] | None
         if rel:
-            found = self._relation(rel)
-            if found is not None and found.tainted:
-                raise Leak(
-                    f"COPY … TO of {found.label} would bypass masking of "
-                    f"{', '.join(sorted(found.tainted))}; use SELECT, which is masked"
-                )
+            columns = self._copy_relation(rel, body.get("attlist"))
         else:
-            self.query(body.get("query") or {}, None)
-        raise Leak(
-            "COPY … TO is not available in a session with masked columns (the gateway masks result rows, "
-            "not COPY data); use SELECT"
-        )
+            self.inexact = None
+            outputs = self.query(body.get("query") or {}, None)
+            self.check_outputs(outputs, "the select list of COPY")
+            columns = tuple(c for _, c in outputs)
+            if self.inexact is not None:
+                tainted = [c for c in columns if c.taint]
+                if tainted:
+                    raise Leak(
+                        f"column {sorted(tainted[0].taint)[0]} is masked for you, and pgward cannot tell its "
+                        f"position in this COPY's output ({self.inexact}); list the columns explicitly, "
+                        "as in COPY (SELECT id, email FROM …) TO STDOUT"
+                    )
+                columns = None
+        self.copies.append(CopyShape(columns, options))
+
+    def _copy_relation(self, rel: dict[str, Any], attlist: list[Any] | None) -> tuple[Col, ...] | None:
+        """The output columns of `COPY table [(columns)] TO`: the listed ones, or every column that is
+        not generated, in attribute order."""
+        found = self._relation(rel)
+        if found is None:
+            return None  # catalog and temporary relations: never masked
+        schema = rel.get("schemaname")
+        if schema is None and found.tainted:
+            name = rel.get("relname", "")
+            if sum((s, name) in self.index.relations for s in self.search_path) > 1:
+                raise Leak(
+                    f"relation {name} has masked columns in one of several schemas of your search_path; "
+                    "qualify its name with its schema in COPY"
+                )
+        listed = [n for n in _names(attlist) if n is not None]
+        names = listed or [c for c in found.columns if c not in found.generated]
+        return tuple(found.col(n) or CLEAN for n in names)
 
     def check_outputs(self, outputs: list[tuple[str, Col]], where: str, copy: str | None = None) -> None:
         for _name, col in outputs:
@@ -432,6 +474,12 @@ class Analyzer:
         if qualifier and not sources:
             found = self._find_source(qualifier, scope.parent)
             sources = [found] if found else []
+        if scope.parent is None and self.inexact is None:
+            # The top level of a statement: COPY plans need each output column's position.
+            if scope.merged:
+                self.inexact = "* over a USING or NATURAL join"
+            elif not all(s.exact for s in sources):
+                self.inexact = "* over something other than a table"
         out: list[tuple[str, Col]] = []
         for src in sources:
             if src.columns is None:
@@ -523,6 +571,8 @@ class Analyzer:
             before = len(scope.sources)
             self.from_item(body.get("larg") or {}, scope)
             self.from_item(body.get("rarg") or {}, scope)
+            if body.get("usingClause") or body.get("isNatural"):
+                scope.merged = True
             if body.get("jointype") == "JOIN_FULL":
                 if body.get("isNatural"):
                     scope.natural_full = True
@@ -569,8 +619,8 @@ class Analyzer:
         if found is None:
             return Source(alias, name, schema, None, CLEAN)
         clean = self.strict_clean and not target
-        columns = [(c, found.col(c, clean) or CLEAN) for c in found.columns]
-        return Source(alias, name, schema, dict(_rename(columns, colnames)))
+        columns = dict(_rename([(c, found.col(c, clean) or CLEAN) for c in found.columns], colnames))
+        return Source(alias, name, schema, columns, exact=len(columns) == len(found.columns))
 
     def _relation(self, rel: dict[str, Any]) -> Relation | None:
         schema = rel.get("schemaname")
@@ -734,14 +784,18 @@ def check_statement(
     search_path: tuple[str, ...],
     created: frozenset[tuple[str | None, str]] = frozenset(),
     strict_clean: bool = False,
+    copies: list[CopyShape] | None = None,
 ) -> bool:
     """Raise Leak if the statement could show masked data in clear; True when it read a masked
     relation (its decision then depends on column aliases, which fingerprints ignore).
 
     `created`: relations this session created after its catalog snapshot (schema None: unqualified).
-    `strict_clean`: the statement will run rewritten for strict masking."""
+    `strict_clean`: the statement will run rewritten for strict masking.
+    `copies`: receives the shape of a COPY … TO STDOUT statement (the data plane masks its output)."""
     analyzer = Analyzer(index, search_path, created, strict_clean)
     analyzer.statement(node)
+    if copies is not None:
+        copies.extend(analyzer.copies)
     return analyzer.touched
 
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from control_plane.connections.service import ConnectionTarget
 from control_plane.policy.classify import Unparsable, parse
+from control_plane.policy.copy import CopyShape
 from control_plane.policy.documents import (
     DETECTOR_KINDS,
     MASK_FUNCTIONS,
@@ -43,7 +44,8 @@ SELECT c.oid::int8, n.nspname, c.relname, c.relkind::text, a.attnum::int4, a.att
        -- reports the base type too, and a masked value need not pass the domain's checks).
        (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8,
        CASE WHEN t.typtype = 'd' THEN pg_catalog.format_type(t.typbasetype, t.typtypmod)
-            ELSE pg_catalog.format_type(a.atttypid, a.atttypmod) END
+            ELSE pg_catalog.format_type(a.atttypid, a.atttypmod) END,
+       a.attgenerated <> ''
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
@@ -243,6 +245,9 @@ class CatalogRelation:
     # (base type OID, SQL type name) of each column, as `columns`; empty when not known.
     types: tuple[tuple[int, str], ...] = ()
 
+    # Generated columns (names): COPY … TO without a column list leaves them out.
+    generated: frozenset[str] = frozenset()
+
     def type_of(self, column: str) -> tuple[int, str] | None:
         for (_attnum, name), typ in zip(self.columns, self.types, strict=False):
             if name == column:
@@ -260,7 +265,17 @@ class Catalog:
     @functools.cached_property
     def digest(self) -> str:
         data = [
-            [r.oid, r.schema, r.name, r.kind, list(r.columns), r.definition, list(r.parents), list(r.types)]
+            [
+                r.oid,
+                r.schema,
+                r.name,
+                r.kind,
+                list(r.columns),
+                r.definition,
+                list(r.parents),
+                list(r.types),
+                sorted(r.generated),
+            ]
             for r in self.relations
         ]
         return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
@@ -282,10 +297,13 @@ def catalog_from_rows(rows: Iterable[Sequence[Any]]) -> Catalog:
                 "definition": definition,
                 "parents": tuple(int(p) for p in parents or ()),
                 "types": (),
+                "generated": frozenset(),
             }
         current["columns"] = (*current["columns"], (int(attnum), attname))
-        if len(typ) == 2:
+        if len(typ) >= 2:
             current["types"] = (*current["types"], (int(typ[0]), str(typ[1])))
+        if len(typ) >= 3 and typ[2]:
+            current["generated"] = current["generated"] | {attname}
     if current is not None:
         out.append(CatalogRelation(**current))
     return Catalog(tuple(out))
@@ -403,10 +421,39 @@ class ResolvedMasks:
     digest: str
     # Relations with strict-masked columns, by (schema, name): statements reading them are rewritten.
     strict: Mapping[tuple[str, str], StrictRelation] = field(default_factory=dict)
+    # Masked columns by label (schema.table.column, the leak analysis's taint): their function and
+    # type OID, for COPY plans. None where two relations share a label (pgward then refuses the COPY).
+    by_label: Mapping[str, tuple[MaskSpec, int] | None] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
         return bool(self.masks) or self.index.masked
+
+    def copy_plan(self, shape: CopyShape) -> dict[str, Any]:
+        """The data plane's plan for one COPY … TO STDOUT: its format options and, when any output
+        column carries masked data, what to do with each column (by position)."""
+        plan = shape.options.answer()
+        columns: list[dict[str, Any] | None] | None = None
+        if shape.columns is not None and any(c.taint for c in shape.columns):
+            columns = []
+            for col in shape.columns:
+                if not col.taint:
+                    columns.append(None)
+                    continue
+                label = sorted(col.taint)[0]
+                found = [self.by_label.get(t) for t in sorted(col.taint)]
+                known = [f for f in found if f is not None]
+                if not col.origin or len(known) != len(found):
+                    raise Leak(f"pgward cannot tell how to mask column {label} in COPY output")
+                if len({t for _, t in known}) != 1:
+                    raise Leak(
+                        f"column {label} is masked for you and its type in COPY output is ambiguous; "
+                        "qualify the table names"
+                    )
+                spec = strictest(s for s, _ in known)
+                columns.append({**_spec_dict(spec), "type_oid": known[0][1]})
+        plan["columns"] = columns
+        return plan
 
     def scope_masks(self) -> list[dict[str, Any]]:
         return [
@@ -420,6 +467,10 @@ class ResolvedMasks:
             }
             for (oid, attnum), spec in sorted(self.masks.items())
         ]
+
+
+def _spec_dict(spec: MaskSpec) -> dict[str, Any]:
+    return {"function": spec.function, "text": spec.text, "first": spec.first, "last": spec.last}
 
 
 def resolve(masking: SessionMasking, catalog: Catalog) -> ResolvedMasks:
@@ -450,17 +501,25 @@ def resolve(masking: SessionMasking, catalog: Catalog) -> ResolvedMasks:
     for rel in catalog.relations:
         names = tuple(name for _, name in rel.columns)
         tainted = {c: Col(frozenset({f"{rel.schema}.{rel.name}.{c}"})) for c in specs.get(rel.oid, {})}
-        relations[(rel.schema, rel.name)] = Relation(rel.schema, rel.name, names, tainted)
+        relations[(rel.schema, rel.name)] = Relation(
+            rel.schema, rel.name, names, tainted, generated=rel.generated
+        )
     _propagate_to_views(catalog, by_oid, specs, relations)
     strict = _strict_relations(catalog, specs)
     for (schema, name), srel in strict.items():
         relations[(schema, name)] = replace(relations[(schema, name)], strict=frozenset(srel.masked))
     masks: dict[tuple[int, int], MaskSpec] = {}
+    by_label: dict[str, tuple[MaskSpec, int] | None] = {}
     for rel in catalog.relations:
         own = specs.get(rel.oid, {})
         for attnum, column in rel.columns:
             if column in own:
                 masks[(rel.oid, attnum)] = own[column]
+                label = f"{rel.schema}.{rel.name}.{column}"
+                typ = rel.type_of(column)
+                entry = (own[column], typ[0] if typ else 0)
+                # Names with dots can make two columns' labels equal: never guess between them.
+                by_label[label] = entry if by_label.get(label, entry) == entry else None
     digest_data = [
         [[o, a, *_spec_tuple(s)] for (o, a), s in sorted(masks.items())],
         sorted(
@@ -475,7 +534,7 @@ def resolve(masking: SessionMasking, catalog: Catalog) -> ResolvedMasks:
         ),
     ]
     digest = hashlib.sha256(json.dumps(digest_data).encode()).hexdigest()[:16]
-    return ResolvedMasks(masks, MaskIndex(relations), digest, strict)
+    return ResolvedMasks(masks, MaskIndex(relations), digest, strict, by_label)
 
 
 def _strict_relations(

@@ -22,7 +22,7 @@ use crate::decide::Bridge;
 use crate::frontend::workers::Workers;
 use crate::frontend::{listener, Gateway, GatewayConfig};
 use crate::mask::detect::{detect as detect_kinds, Kinds};
-use crate::mask::{Detectors, Kind, MaskFunction, MaskPlan};
+use crate::mask::{CopyColumn, CopyFormat, CopyPlan, Detectors, Kind, MaskFunction, MaskPlan};
 use crate::net::framing::DEFAULT_MAX_MESSAGE;
 use crate::net::tls::{server_config, UpstreamTls};
 
@@ -283,6 +283,25 @@ impl Dataplane {
             }
             other => return Err(PyValueError::new_err(format!("unknown action {other:?}"))),
         };
+        let plans = match answer.get_item("copy")?.filter(|c| !c.is_none()) {
+            Some(plans) => plans
+                .try_iter()?
+                .map(|p| convert_copy_plan(p?.downcast::<PyDict>()?))
+                .collect::<PyResult<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let decision = match decision {
+            _ if plans.is_empty() => decision,
+            Decision::Allow => Decision::AllowCopy {
+                plans: Arc::from(plans),
+                rewrite: None,
+            },
+            Decision::Rewrite(text) => Decision::AllowCopy {
+                plans: Arc::from(plans),
+                rewrite: Some(text),
+            },
+            other => other,
+        };
         Ok(Answer::Decided { decision, cache })
     }
 
@@ -355,7 +374,9 @@ fn convert_masks(scope: &Bound<'_, PyDict>) -> PyResult<MaskPlan> {
             detectors.push((kind, convert_function(spec, &key)?));
         }
     }
-    Ok(MaskPlan::new(columns).with_detectors(Detectors::new(detectors)))
+    Ok(MaskPlan::new(columns)
+        .with_detectors(Detectors::new(detectors))
+        .with_key(key))
 }
 
 fn convert_function(spec: &Bound<'_, PyDict>, key: &[u8]) -> PyResult<MaskFunction> {
@@ -420,6 +441,68 @@ fn all_kinds() -> Kinds {
         kinds.insert(kind);
     }
     kinds
+}
+
+/// One COPY plan: `{"format": "text"|"csv"|"binary", "delimiter"?, "null"?, "quote"?, "escape"?,
+/// "header"?, "columns": null | [null | {"function", "text"?, "first"?, "last"?, "type_oid"}]}`.
+/// A `hash` function gets the session's key when the relay applies the plan.
+fn convert_copy_plan(plan: &Bound<'_, PyDict>) -> PyResult<CopyPlan> {
+    let format = match required(plan, "format")?.extract::<String>()?.as_str() {
+        "text" => CopyFormat::Text,
+        "csv" => CopyFormat::Csv,
+        "binary" => CopyFormat::Binary,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown COPY format {other:?}"
+            )))
+        }
+    };
+    let byte = |key: &str, default: u8| -> PyResult<u8> {
+        match optional::<String>(plan, key)? {
+            None => Ok(default),
+            Some(s) => match s.as_bytes() {
+                [b] => Ok(*b),
+                _ => Err(PyValueError::new_err(format!(
+                    "COPY {key} must be one byte, not {s:?}"
+                ))),
+            },
+        }
+    };
+    let columns = match plan.get_item("columns")?.filter(|c| !c.is_none()) {
+        None => None,
+        Some(list) => Some(
+            list.try_iter()?
+                .map(|item| {
+                    let item = item?;
+                    if item.is_none() {
+                        return Ok(None);
+                    }
+                    let spec = item.downcast::<PyDict>()?;
+                    let function = MaskFunction::from_spec(
+                        &required(spec, "function")?.extract::<String>()?,
+                        optional(spec, "text")?,
+                        optional::<usize>(spec, "first")?.unwrap_or(0),
+                        optional::<usize>(spec, "last")?.unwrap_or(0),
+                        &[],
+                    )
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                    Ok(Some(CopyColumn {
+                        function,
+                        type_oid: required(spec, "type_oid")?.extract()?,
+                    }))
+                })
+                .collect::<PyResult<Vec<_>>>()?,
+        ),
+    };
+    Ok(CopyPlan {
+        format,
+        delimiter: byte("delimiter", b'\t')?,
+        null: optional::<String>(plan, "null")?.map_or_else(|| b"\\N".to_vec(), String::into_bytes),
+        quote: byte("quote", b'"')?,
+        escape: byte("escape", b'"')?,
+        header: optional::<bool>(plan, "header")?.unwrap_or(false),
+        columns,
+    })
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

@@ -17,6 +17,7 @@ CATALOG = Catalog(
             "customers",
             "r",
             ((1, "id"), (2, "name"), (3, "email"), (4, "phone"), (5, "ssn"), (6, "card_number")),
+            types=((23, "integer"), (25, "text"), (25, "text"), (25, "text"), (25, "text"), (25, "text")),
         ),
         CatalogRelation(200, "shop", "orders", "r", ((1, "id"), (2, "customer_id"), (3, "status"))),
         CatalogRelation(
@@ -26,9 +27,16 @@ CATALOG = Catalog(
             "v",
             ((1, "id"), (2, "email"), (3, "email_lower")),
             "SELECT customers.id, customers.email, lower(customers.email) AS email_lower FROM shop.customers",
+            types=((23, "integer"), (25, "text"), (25, "text")),
         ),
         CatalogRelation(
-            301, "shop", "contacts2", "v", ((1, "e"),), "SELECT contacts.email AS e FROM shop.contacts"
+            301,
+            "shop",
+            "contacts2",
+            "v",
+            ((1, "e"),),
+            "SELECT contacts.email AS e FROM shop.contacts",
+            types=((25, "text"),),
         ),
         CatalogRelation(
             302, "shop", "casts", "v", ((1, "x"),), "SELECT (customers.ssn)::integer AS x FROM shop.customers"

@@ -233,9 +233,6 @@ BYPASSES = [
     "select format('%s', ssn) from shop.customers",
     "select * from pg_stats where tablename = 'customers'",
     "select histogram_bounds from pg_catalog.pg_stats",
-    "copy (select email from shop.customers) to stdout",
-    "copy shop.customers to stdout",
-    "copy shop.customers (email) to stdout with (format csv)",
     "explain analyze select email::int from shop.customers",
     "select * into temp t from shop.customers",
     "prepare p as select lower(email) from shop.customers",
@@ -275,8 +272,6 @@ def test_bypasses_are_masked_or_refused(
         ("select string_agg(email, ',') from shop.customers", "string_agg"),
         ("select row_to_json(c) from shop.customers c", "row_to_json"),
         ("select email from shop.customers union select 'x'", "set operation"),
-        ("copy shop.customers to stdout", "COPY"),
-        ("copy (select email from shop.customers) to stdout", "COPY"),
     ],
 )
 def test_refusals_say_why(alice: psycopg.Connection[Any], sql: str, says: str) -> None:

@@ -71,10 +71,12 @@ impl DecisionCache {
             self.entries.store(0, Ordering::Relaxed);
         }
         let entries = scopes.entry(Arc::clone(scope)).or_default();
-        // A rewritten text carries the client's constants: a statement with the same fingerprint
-        // but other constants must never run it.
+        // A rewritten text carries the client's constants, and a COPY plan options (delimiters,
+        // NULL strings) that fingerprints normalise away: only the same text may reuse them.
         let policy = match (policy, decision) {
-            (CachePolicy::Fingerprint, Decision::Rewrite(_)) => CachePolicy::Text,
+            (CachePolicy::Fingerprint, Decision::Rewrite(_) | Decision::AllowCopy { .. }) => {
+                CachePolicy::Text
+            }
             _ => policy,
         };
         let added = match (policy, fingerprint) {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::backend::UpstreamTarget;
-use crate::mask::MaskPlan;
+use crate::mask::{CopyPlan, MaskPlan};
 
 /// Why the gateway refuses something, as the client will see it in an ErrorResponse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,13 @@ pub enum Decision {
     /// Allowed, but the server gets this text instead of the client's (strict masking replaces
     /// masked columns at the source). Always cached by exact text: it holds the client's constants.
     Rewrite(Arc<str>),
+    /// Allowed in a masked session, with one plan per `COPY … TO STDOUT` statement of the string, in
+    /// order: the relay masks their output by them (see [`crate::mask::copy`]). `rewrite`: the
+    /// strict-masking text to send instead, if any. Cached by exact text only.
+    AllowCopy {
+        plans: Arc<[CopyPlan]>,
+        rewrite: Option<Arc<str>>,
+    },
 }
 
 /// How Python allows a decision to be reused.

@@ -8,27 +8,43 @@
 //! answer is consumed here and not relayed: the gateway always knows the row shape, with the
 //! result formats the client bound. A DataRow whose shape is still unknown ends the session
 //! instead of passing unmasked (fail closed).
+//!
+//! COPY TO output has no row description: a simple Query whose decision carried COPY plans records
+//! them with its expectation, and each CopyOutResponse takes the next one. Its CopyData then goes
+//! through a [`CopyRewriter`]. CopyOutResponse without a plan, or one whose format or width
+//! disagrees with the plan, ends the session (fail closed).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use crate::mask::{MaskPlan, RowMasker};
+use crate::mask::copy::UNSAFE_ENCODINGS;
+use crate::mask::{CopyFormat, CopyPlan, CopyRewriter, MaskPlan, RowMasker};
 use crate::net::messages::payload::Payload;
-use crate::net::messages::{parse_row_description, Cursor, ErrorFields};
+use crate::net::messages::{parse_parameter_status, parse_row_description, Cursor, ErrorFields};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
     Parse,
     Bind,
     DescribeStatement,
-    DescribePortal { portal: String, injected: bool },
-    Execute { portal: String },
+    DescribePortal {
+        portal: String,
+        injected: bool,
+    },
+    Execute {
+        portal: String,
+    },
     Close,
     Sync,
-    Query,
+    /// `copies`: the plans of the Query's `COPY … TO STDOUT` statements; `next` is the one the
+    /// next CopyOutResponse takes.
+    Query {
+        copies: Option<Arc<[CopyPlan]>>,
+        next: usize,
+    },
     FunctionCall,
 }
 
@@ -59,13 +75,14 @@ pub struct ClientSide {
 }
 
 impl ClientSide {
-    /// Called for every whole client message about to be forwarded. Returns a message to send
-    /// before it (an added Describe), if any.
+    /// Called for every whole client message about to be forwarded, with the COPY plans of a
+    /// Query's decision. Returns a message to send before it (an added Describe), if any.
     pub fn before_forward(
         &mut self,
         exp: &Expectations,
         tag: u8,
         body: &[u8],
+        copies: Option<&Arc<[CopyPlan]>>,
     ) -> Result<Option<Bytes>, String> {
         let mut q = exp.queue.lock();
         let mut inject = None;
@@ -106,7 +123,10 @@ impl ClientSide {
             }
             b'C' => q.push_back(Expect::Close),
             b'S' => q.push_back(Expect::Sync),
-            b'Q' => q.push_back(Expect::Query),
+            b'Q' => q.push_back(Expect::Query {
+                copies: copies.cloned(),
+                next: 0,
+            }),
             b'F' => q.push_back(Expect::FunctionCall),
             _ => {}
         }
@@ -119,21 +139,36 @@ impl ClientSide {
     }
 }
 
-/// The server half: applies the mask plan to DataRows.
+/// The server half: applies the mask plan to DataRows and COPY plans to CopyData.
 pub struct ServerSide {
     plan: Arc<MaskPlan>,
     portals: HashMap<String, Option<RowMasker>>,
     /// The masker of the current result of a simple Query.
     simple: Option<RowMasker>,
+    /// The rewriter of the COPY TO in progress, when its plan masks a column.
+    copy: Option<CopyRewriter>,
+    /// Largest unfinished COPY row held between CopyData messages.
+    copy_limit: usize,
+    /// The session's client_encoding, from ParameterStatus.
+    client_encoding: String,
 }
 
 impl ServerSide {
-    pub fn new(plan: Arc<MaskPlan>) -> Self {
+    pub fn new(plan: Arc<MaskPlan>, copy_limit: usize, client_encoding: &str) -> Self {
         Self {
             plan,
             portals: HashMap::new(),
             simple: None,
+            copy: None,
+            copy_limit,
+            client_encoding: client_encoding.to_owned(),
         }
+    }
+
+    /// Whether the relay must hand over this message whole (static set, plus CopyData and
+    /// CopyDone while a COPY is being rewritten).
+    pub fn inspects_now(&self, tag: u8) -> bool {
+        Self::inspects(tag) || (self.copy.is_some() && matches!(tag, b'd' | b'c'))
     }
 
     /// Messages whose whole body the server half needs.
@@ -153,6 +188,7 @@ impl ServerSide {
                 | b'N'
                 | b'Z'
                 | b'H'
+                | b'S'
         )
     }
 
@@ -232,17 +268,72 @@ impl ServerSide {
                 } else {
                     self.simple = None;
                 }
+                self.copy = None;
                 Action::Forward
             }
             b'H' => {
-                // COPY TO output has no RowDescription to mask by: never relay it unmasked.
-                return Err(
-                    "COPY TO output of a session with masked columns cannot be masked".into(),
-                );
+                let plan = match q.front_mut() {
+                    Some(Expect::Query {
+                        copies: Some(copies),
+                        next,
+                    }) => {
+                        let plan = copies.get(*next).cloned();
+                        *next += 1;
+                        plan
+                    }
+                    _ => None,
+                };
+                // Without a plan there is no telling which fields to mask: never relay it.
+                let plan = plan.ok_or_else(|| {
+                    "COPY TO output arrived for a statement pgward has no COPY plan for".to_owned()
+                })?;
+                self.start_copy(body, &plan)?;
+                Action::Forward
+            }
+            b'd' => match self.copy.as_mut() {
+                Some(rewriter) => {
+                    let mut out = BytesMut::with_capacity(body.len() + 64);
+                    out.put_u8(b'd');
+                    out.put_i32(0);
+                    rewriter
+                        .feed(body, &mut out)
+                        .map_err(|e| format!("CopyData: {e}"))?;
+                    if out.len() == 5 {
+                        Action::Swallow
+                    } else {
+                        let len = i32::try_from(out.len() - 1)
+                            .map_err(|_| "CopyData too large".to_owned())?;
+                        if let Some(slot) = out.get_mut(1..5) {
+                            slot.copy_from_slice(&len.to_be_bytes());
+                        }
+                        Action::Replace(out.freeze())
+                    }
+                }
+                None => Action::Forward,
+            },
+            b'c' => {
+                if let Some(rewriter) = self.copy.take() {
+                    rewriter.finish().map_err(|e| format!("CopyDone: {e}"))?;
+                }
+                Action::Forward
+            }
+            b'S' => {
+                if let Ok((name, value)) = parse_parameter_status(body) {
+                    if name.eq_ignore_ascii_case("client_encoding") {
+                        value.clone_into(&mut self.client_encoding);
+                    }
+                }
+                Action::Forward
             }
             b'E' | b'N' => {
+                if tag == b'E' {
+                    // A failed COPY sends no CopyDone; its unfinished row is dropped.
+                    self.copy = None;
+                }
                 // The server skips to Sync after an error in the extended protocol.
-                if tag == b'E' && !matches!(q.front(), Some(Expect::Query | Expect::FunctionCall)) {
+                if tag == b'E'
+                    && !matches!(q.front(), Some(Expect::Query { .. } | Expect::FunctionCall))
+                {
                     while q.front().is_some_and(|e| *e != Expect::Sync) {
                         q.pop_front();
                     }
@@ -253,16 +344,62 @@ impl ServerSide {
             }
             b'Z' => {
                 while let Some(e) = q.pop_front() {
-                    if matches!(e, Expect::Sync | Expect::Query | Expect::FunctionCall) {
+                    if matches!(
+                        e,
+                        Expect::Sync | Expect::Query { .. } | Expect::FunctionCall
+                    ) {
                         break;
                     }
                 }
                 self.simple = None;
+                self.copy = None;
                 Action::Forward
             }
             _ => Action::Forward,
         };
         Ok(action)
+    }
+
+    /// CopyOutResponse: check it against the plan and start rewriting when the plan masks.
+    fn start_copy(&mut self, body: &[u8], plan: &CopyPlan) -> Result<(), String> {
+        let mut c = Cursor::new(body);
+        let overall = c.read_u8().map_err(|e| format!("CopyOutResponse: {e}"))?;
+        let width = c.read_i16().map_err(|e| format!("CopyOutResponse: {e}"))?;
+        if (overall == 1) != (plan.format == CopyFormat::Binary) {
+            return Err("CopyOutResponse's format differs from the COPY plan's".into());
+        }
+        let Some(columns) = plan.columns.as_ref() else {
+            self.copy = None;
+            return Ok(());
+        };
+        if usize::try_from(width).ok() != Some(columns.len()) {
+            return Err(format!(
+                "COPY output has {width} columns, pgward's plan {} (the table changed since the \
+                 session started? reconnect)",
+                columns.len()
+            ));
+        }
+        if !plan.masks() {
+            self.copy = None;
+            return Ok(());
+        }
+        let encoding: String = self
+            .client_encoding
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_ascii_uppercase();
+        if plan.format != CopyFormat::Binary && UNSAFE_ENCODINGS.contains(&encoding.as_str()) {
+            return Err(format!(
+                "COPY text and CSV output in client_encoding {} cannot be split safely; use UTF8 \
+                 or the binary format",
+                self.client_encoding
+            ));
+        }
+        let rewriter =
+            CopyRewriter::new(plan, self.plan.key(), self.copy_limit).map_err(|e| e.to_string())?;
+        self.copy = Some(rewriter);
+        Ok(())
     }
 }
 
@@ -313,14 +450,14 @@ mod tests {
     fn execute_without_describe_gets_an_injected_describe_whose_answer_is_swallowed() {
         let exp = Expectations::default();
         let mut client = ClientSide::default();
-        let mut server = ServerSide::new(plan());
+        let mut server = ServerSide::new(plan(), 1 << 20, "UTF8");
         for (tag, body) in [
             msg(b'P', b"\0select\0\0\0"),
             msg(b'B', b"\0\0"),
             msg(b'E', b"\0\0\0\0\0"),
             msg(b'S', b""),
         ] {
-            let inject = client.before_forward(&exp, tag, &body).unwrap();
+            let inject = client.before_forward(&exp, tag, &body, None).unwrap();
             assert_eq!(inject.is_some(), tag == b'E');
         }
         let answers: Vec<(u8, Bytes)> = vec![
@@ -351,8 +488,10 @@ mod tests {
     fn simple_query_rows_use_the_inline_description() {
         let exp = Expectations::default();
         let mut client = ClientSide::default();
-        let mut server = ServerSide::new(plan());
-        client.before_forward(&exp, b'Q', b"select\0").unwrap();
+        let mut server = ServerSide::new(plan(), 1 << 20, "UTF8");
+        client
+            .before_forward(&exp, b'Q', b"select\0", None)
+            .unwrap();
         assert!(matches!(
             server.on_message(&exp, b'T', &row_description(0)).unwrap(),
             Action::Forward
@@ -363,10 +502,97 @@ mod tests {
         ));
     }
 
+    fn copy_plan(columns: Option<Vec<Option<crate::mask::CopyColumn>>>) -> Arc<[CopyPlan]> {
+        Arc::from(vec![CopyPlan {
+            format: CopyFormat::Text,
+            delimiter: b'\t',
+            null: b"\\N".to_vec(),
+            quote: b'"',
+            escape: b'"',
+            header: false,
+            columns,
+        }])
+    }
+
+    fn copy_out_response(width: i16) -> Bytes {
+        let mut p = Payload::new(b'H');
+        p.put_u8(0).put_i16(width);
+        for _ in 0..width {
+            p.put_i16(0);
+        }
+        p.finish()
+    }
+
+    fn copy_data(body: &[u8]) -> Bytes {
+        let mut p = Payload::new(b'd');
+        p.put_bytes(body);
+        p.finish()
+    }
+
+    #[test]
+    fn copy_out_of_a_planned_query_is_masked() {
+        let exp = Expectations::default();
+        let mut client = ClientSide::default();
+        let mut server = ServerSide::new(plan(), 1 << 20, "UTF8");
+        let plans = copy_plan(Some(vec![
+            None,
+            Some(crate::mask::CopyColumn {
+                function: MaskFunction::Email,
+                type_oid: 25,
+            }),
+        ]));
+        client
+            .before_forward(&exp, b'Q', b"copy t to stdout\0", Some(&plans))
+            .unwrap();
+        assert!(matches!(
+            server
+                .on_message(&exp, b'H', &copy_out_response(2))
+                .unwrap(),
+            Action::Forward
+        ));
+        assert!(server.inspects_now(b'd'));
+        // A row split over two CopyData messages comes out whole, once.
+        assert!(matches!(
+            server.on_message(&exp, b'd', &copy_data(b"1\tx@")).unwrap(),
+            Action::Swallow
+        ));
+        match server
+            .on_message(&exp, b'd', &copy_data(b"y.io\n"))
+            .unwrap()
+        {
+            Action::Replace(f) => assert_eq!(&f[5..], b"1\t****@y.io\n"),
+            _ => panic!("expected a rewritten CopyData"),
+        }
+        assert!(matches!(
+            server
+                .on_message(&exp, b'c', &Bytes::from_static(b"c\0\0\0\x04"))
+                .unwrap(),
+            Action::Forward
+        ));
+        assert!(!server.inspects_now(b'd'));
+    }
+
+    #[test]
+    fn copy_out_whose_width_differs_from_the_plan_fails_closed() {
+        let exp = Expectations::default();
+        let mut client = ClientSide::default();
+        let mut server = ServerSide::new(plan(), 1 << 20, "UTF8");
+        let plans = copy_plan(Some(vec![Some(crate::mask::CopyColumn {
+            function: MaskFunction::Email,
+            type_oid: 25,
+        })]));
+        client
+            .before_forward(&exp, b'Q', b"copy t to stdout\0", Some(&plans))
+            .unwrap();
+        assert!(server
+            .on_message(&exp, b'H', &copy_out_response(2))
+            .is_err());
+    }
+
     #[test]
     fn copy_out_fails_closed() {
         let exp = Expectations::default();
-        let mut server = ServerSide::new(plan());
+        let mut server = ServerSide::new(plan(), 1 << 20, "UTF8");
         assert!(server
             .on_message(&exp, b'H', &Bytes::from_static(b"H\0\0\0\x07\0\0\0"))
             .is_err());

@@ -19,6 +19,7 @@ use super::gateway::Gateway;
 use super::masking::{Action, ClientSide, Expectations, ServerSide};
 use crate::decide::bridge::{Answer, Request};
 use crate::decide::types::{Decision, Refusal, Scope};
+use crate::mask::CopyPlan;
 use crate::net::framing::{peek_header, FrameError, Header};
 use crate::net::messages::{
     build_error, build_parse, build_query, parse_parse, parse_query, ErrorFields,
@@ -72,6 +73,16 @@ pub struct Relay<'a> {
     session_id: u64,
     scope: &'a Scope,
     shared: Shared,
+    /// The session's client_encoding at the start (COPY rewriting depends on it).
+    client_encoding: String,
+}
+
+/// What to forward for a decided Query or Parse.
+struct Forward {
+    /// A substitute statement (a denial) instead of the client's.
+    substitute: Option<Bytes>,
+    /// The plans of the Query's `COPY … TO STDOUT` statements.
+    copies: Option<Arc<[CopyPlan]>>,
 }
 
 fn make_marker() -> String {
@@ -96,7 +107,15 @@ impl<'a> Relay<'a> {
                 marker: make_marker(),
                 expect: Expectations::default(),
             },
+            client_encoding: "UTF8".to_owned(),
         }
+    }
+
+    /// The client_encoding the server reported at startup.
+    #[must_use]
+    pub fn with_client_encoding(mut self, encoding: &str) -> Self {
+        encoding.clone_into(&mut self.client_encoding);
+        self
     }
 
     /// Relay until either side ends. `client_buf`/`server_buf` hold bytes already read past the
@@ -165,12 +184,15 @@ impl<'a> Relay<'a> {
                     run = 0;
                 }
                 let frame = buf.split_to(header.len).freeze();
+                let mut copies = None;
                 let forward = if tag == b'F' && !self.scope.allow_function_call {
                     self.refuse_function_call()
                 } else if matches!(tag, b'Q' | b'P') {
                     match self.statement(&frame).await {
-                        Ok(Some(substitute)) => substitute,
-                        Ok(None) => frame,
+                        Ok(decided) => {
+                            copies = decided.copies;
+                            decided.substitute.unwrap_or(frame)
+                        }
                         Err(reason) => return End::ClientProtocol(reason),
                     }
                 } else {
@@ -185,6 +207,7 @@ impl<'a> Relay<'a> {
                         &self.shared.expect,
                         tag,
                         forward.get(5..).unwrap_or_default(),
+                        copies.as_ref(),
                     ) {
                         Ok(Some(describe)) => out.push(describe),
                         Ok(None) => {}
@@ -213,9 +236,9 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Decide a Query or Parse frame. `Ok(None)`: forward it unchanged; `Ok(Some(bytes))`: send
-    /// this substitute instead (a denial, or the rewritten statement).
-    async fn statement(&self, frame: &Bytes) -> Result<Option<Bytes>, String> {
+    /// Decide a Query or Parse frame: forward it unchanged (with COPY plans), or send a substitute
+    /// instead (a denial, or the rewritten statement).
+    async fn statement(&self, frame: &Bytes) -> Result<Forward, String> {
         let tag = frame.first().copied().unwrap_or_default();
         let body = frame.get(5..).unwrap_or_default();
         let (sql, parse) = if tag == b'Q' {
@@ -231,26 +254,79 @@ impl<'a> Relay<'a> {
         let decision = self
             .decide(sql, if tag == b'Q' { "query" } else { "parse" })
             .await;
-        match decision {
-            Decision::Allow => Ok(None),
+        let rewritten = |text: &str| match &parse {
+            None => build_query(text),
+            // Same statement name and parameter types: Bind, Describe and Execute that follow
+            // refer to it unchanged.
+            Some((name, types)) => build_parse(name, text, types),
+        };
+        let refusal = match decision {
+            Decision::Allow => {
+                return Ok(Forward {
+                    substitute: None,
+                    copies: None,
+                })
+            }
             Decision::Rewrite(text) => {
                 self.gw.stats.rewrites.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(match &parse {
-                    None => build_query(&text),
-                    // Same statement name and parameter types: Bind, Describe and Execute that follow
-                    // refer to it unchanged.
-                    Some((name, types)) => build_parse(name, &text, types),
-                }))
+                return Ok(Forward {
+                    substitute: Some(rewritten(&text)),
+                    copies: None,
+                });
             }
-            Decision::Deny(refusal) => {
-                self.record_denial(refusal);
-                let substitute = match parse_name {
-                    None => build_query(&self.shared.marker),
-                    Some(name) => build_parse(name, &self.shared.marker, &[]),
-                };
-                Ok(Some(substitute))
+            Decision::AllowCopy { plans, rewrite } => {
+                match self.copy_refusal(&plans, parse_name.is_some()) {
+                    None => {
+                        if rewrite.is_some() {
+                            self.gw.stats.rewrites.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return Ok(Forward {
+                            substitute: rewrite.as_deref().map(rewritten),
+                            copies: Some(plans),
+                        });
+                    }
+                    Some(refusal) => Arc::new(refusal),
+                }
             }
+            Decision::Deny(refusal) => refusal,
+        };
+        self.record_denial(refusal);
+        let substitute = match parse_name {
+            None => build_query(&self.shared.marker),
+            Some(name) => build_parse(name, &self.shared.marker, &[]),
+        };
+        Ok(Forward {
+            substitute: Some(substitute),
+            copies: None,
+        })
+    }
+
+    /// COPY plans are applied to the CopyOutResponse of a simple Query. Through the extended
+    /// protocol (Parse/Bind/Execute) the plan would have to follow the statement to its portals;
+    /// pgward refuses that instead, in masked sessions. A session that does not mask cannot apply
+    /// a plan that masks (never expected; fail closed).
+    fn copy_refusal(&self, copies: &[CopyPlan], parse: bool) -> Option<Refusal> {
+        let masking = !self.scope.mask_plan.is_empty();
+        if parse && masking {
+            let mut r = Refusal::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "COPY … TO STDOUT through the extended query protocol is not available in a \
+                 session with masked columns",
+            );
+            r.hint = Some(
+                "send the COPY as a simple query (psql, psycopg's cursor.copy() without \
+                 parameters): pgward masks its output there"
+                    .into(),
+            );
+            return Some(r);
         }
+        if !masking && copies.iter().any(CopyPlan::masks) {
+            return Some(Refusal::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "pgward cannot mask this COPY's output in this session",
+            ));
+        }
+        None
     }
 
     fn record_denial(&self, refusal: Arc<Refusal>) {
@@ -326,7 +402,12 @@ impl<'a> Relay<'a> {
         W: AsyncWrite + Unpin,
     {
         let masking = !self.scope.mask_plan.is_empty();
-        let mut shapes = ServerSide::new(Arc::clone(&self.scope.mask_plan));
+        let max = self.gw.config.max_message_size;
+        let mut shapes = ServerSide::new(
+            Arc::clone(&self.scope.mask_plan),
+            max,
+            &self.client_encoding,
+        );
         let mut walker = Walker::default();
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         let mut fatal_sent = false;
@@ -340,7 +421,15 @@ impl<'a> Relay<'a> {
                 };
                 let rest = buf.get(run..).unwrap_or_default();
                 let tag = header.tag;
-                let whole = tag == b'E' || (masking && ServerSide::inspects(tag));
+                let whole = tag == b'E' || (masking && shapes.inspects_now(tag));
+                if whole && tag == b'd' && header.len > max {
+                    // CopyData being rewritten is held whole: bound it like client messages.
+                    let _ = write_segments(client, &mut out).await;
+                    return End::MaskingFailed(format!(
+                        "a CopyData message of {} bytes exceeds the limit of {max} bytes",
+                        header.len
+                    ));
+                }
                 if tag == b'Z' && rest.len() >= header.len {
                     self.ready_for_query();
                 }

@@ -259,6 +259,12 @@ async fn relay_session(
     hello.put_slice(&build_backend_key_data(pid, key));
     hello.put_slice(&build_ready_for_query(b'I'));
 
+    let client_encoding = upstream
+        .parameters
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("client_encoding"))
+        .map_or("UTF8", |(_, v)| v.as_str())
+        .to_owned();
     let backend::Upstream {
         stream: server,
         read_buf: server_buf,
@@ -269,7 +275,7 @@ async fn relay_session(
     if client_write.write_all(&hello).await.is_err() || client_write.flush().await.is_err() {
         return "client went away during startup".into();
     }
-    let relay = Relay::new(gw, session_id, scope);
+    let relay = Relay::new(gw, session_id, scope).with_client_encoding(&client_encoding);
     let end = relay
         .run(
             &mut client_read,

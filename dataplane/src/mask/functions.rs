@@ -74,6 +74,16 @@ impl MaskFunction {
         })
     }
 
+    /// The same function with the session's `hash` key (plans from the decision service name
+    /// functions without it).
+    #[must_use]
+    pub fn keyed(&self, key: &[u8]) -> Self {
+        match self {
+            Self::Hash { .. } => Self::Hash { key: key.to_vec() },
+            other => other.clone(),
+        }
+    }
+
     /// Mask one non-NULL field. `binary` is the field's format; `None` in the result is NULL.
     pub fn apply(&self, type_oid: u32, binary: bool, value: &[u8]) -> Option<Vec<u8>> {
         if !is_text_type(type_oid) {

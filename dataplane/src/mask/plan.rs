@@ -15,6 +15,8 @@ use crate::net::messages::{parse_data_row, Column, MessageError};
 pub struct MaskPlan {
     columns: HashMap<(u32, i16), MaskFunction>,
     detectors: Option<Arc<Detectors>>,
+    /// The deployment's `hash` key, for functions that arrive later (COPY plans).
+    key: Vec<u8>,
 }
 
 impl MaskPlan {
@@ -22,7 +24,19 @@ impl MaskPlan {
         Self {
             columns,
             detectors: None,
+            key: Vec::new(),
         }
+    }
+
+    /// The same plan, with the `hash` key for COPY plans.
+    #[must_use]
+    pub fn with_key(mut self, key: Vec<u8>) -> Self {
+        self.key = key;
+        self
+    }
+
+    pub fn key(&self) -> &[u8] {
+        &self.key
     }
 
     /// The same plan, also scanning columns without an origin with `detectors`.

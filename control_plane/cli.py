@@ -435,6 +435,11 @@ from control_plane.audit.cli import register as _register_audit_commands  # noqa
 
 _register_audit_commands(app)
 
+# approvals list|show|approve|deny, request-access (control_plane/approvals/cli.py).
+from control_plane.approvals.cli import register as _register_approval_commands  # noqa: E402
+
+_register_approval_commands(app)
+
 
 if __name__ == "__main__":
     app()

@@ -138,6 +138,19 @@ class Settings(BaseSettings):
     audit_syslog: str | None = None
     # `pgward audit prune` without --before removes records older than this many days.
     audit_retention_days: int | None = Field(default=None, ge=1)
+    # Approvals (docs/approvals.md). Outgoing webhooks: attempt k waits base * 4^(k-1) s after a failure.
+    webhook_retry_base: float = Field(default=5.0, gt=0, le=3600)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=30)
+    webhook_timeout: float = Field(default=10.0, gt=0, le=60)
+    # Seconds between sweeps that expire undecided reviews and requests and end grants.
+    approvals_sweep_interval: float = Field(default=1.0, gt=0, le=60)
+    # Slack interactions: the app's signing secret and Slack user id → pgward username.
+    slack_signing_secret: SecretStr | None = None
+    slack_users: dict[str, str] = Field(default_factory=dict)
+    # Signed decision callbacks: integration name → its whsec_ secret (POST /v1/integrations/NAME/decisions).
+    decision_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    # A chat decision counts only if pgward saw the approver's groups (a sign-in) within this many seconds.
+    chat_identity_max_age: float = Field(default=86400.0, gt=0)
 
     _split_lists = field_validator(
         "deny_statements", "admin_groups", "approver_groups", "auditor_groups", mode="before"
@@ -156,6 +169,11 @@ class Settings(BaseSettings):
                 "(e.g. postgresql+psycopg://user:pass@host:5432/pgward) or use `pgward demo`"
             )
         return self.database_url
+
+    @property
+    def base_url(self) -> str:
+        """Where people reach the API (review URLs): PGWARD_PUBLIC_URL, else the API listen address."""
+        return (self.public_url or f"http://{self.api_listen}").rstrip("/")
 
     @property
     def secret_key_path(self) -> Path:

@@ -7,7 +7,18 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
-from control_plane.api import audit, connections, decisions, health, me, policies, service_identities
+from control_plane.api import (
+    approvals,
+    audit,
+    connections,
+    decisions,
+    health,
+    integrations,
+    me,
+    policies,
+    service_identities,
+    webhooks,
+)
 from control_plane.api.health import ReadinessCheck
 from control_plane.api.problems import register_problem_handlers
 from control_plane.config import Settings
@@ -58,4 +69,8 @@ def create_app(
     app.include_router(decisions.router)
     app.include_router(me.router)
     app.include_router(audit.router)
+    app.include_router(approvals.reviews_router)
+    app.include_router(approvals.requests_router)
+    app.include_router(webhooks.router)
+    app.include_router(integrations.router)
     return app

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.api.problems import Forbidden, Unauthorized
+from control_plane.approvals.directory import remember
 from control_plane.config import Settings
 from control_plane.connections.service import ConnectionService
 from control_plane.identity.credentials import NOT_AUTHORISED, AuthError, CredentialVerifier, Identity
@@ -60,6 +61,7 @@ SecretBoxDep = Annotated[SecretBox, Depends(get_secret_box)]
 async def get_current_identity(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     verifier: Annotated[CredentialVerifier, Depends(get_verifier)],
+    sessionmaker: Annotated[SessionMaker, Depends(get_sessionmaker)],
 ) -> Identity:
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or not credentials.credentials:
@@ -67,12 +69,15 @@ async def get_current_identity(
             "an Authorization: Bearer <OIDC token or pgward API key> header is required", headers=challenge
         )
     try:
-        return await verifier.verify(None, credentials.credentials)
+        identity = await verifier.verify(None, credentials.credentials)
     except AuthError as exc:
         if exc.sqlstate == NOT_AUTHORISED:
             raise Forbidden(exc.message) from None
         invalid = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
         raise Unauthorized(exc.message, headers=invalid) from None
+    # Chat decisions are taken in the name of identities pgward has seen (approvals/directory.py).
+    await remember(sessionmaker, identity)
+    return identity
 
 
 CurrentIdentity = Annotated[Identity, Depends(get_current_identity)]

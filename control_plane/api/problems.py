@@ -16,6 +16,7 @@ from control_plane.store.errors import (
     InvalidInputError,
     NotFoundError,
     PreconditionFailedError,
+    RefusedError,
     StoreError,
 )
 
@@ -144,6 +145,8 @@ async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_store_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StoreError)
+    if isinstance(exc, RefusedError):
+        return problem_response(exc.status, slug=exc.slug, detail=exc.message, request=request)
     problem = next(cls for kind, cls in _STORE_ERRORS.items() if isinstance(exc, kind))
     return problem_response(problem.status, slug=problem.slug, detail=exc.message, request=request)
 

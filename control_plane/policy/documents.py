@@ -81,6 +81,87 @@ class Subjects(BaseModel):
     )
 
 
+# A duration: a positive number and a unit (s, m, h, d): "90s", "15m", "8h", "1d".
+Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,5}[smhd]$")]
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_SECONDS = 30 * 86400
+
+
+def duration_seconds(value: str) -> int:
+    """Seconds in a Duration ("15m" → 900)."""
+    seconds = int(value[:-1]) * _UNIT_SECONDS[value[-1]]
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"duration {value} is longer than 30 days")
+    return seconds
+
+
+def _checked_duration(value: str) -> str:
+    duration_seconds(value)
+    return value
+
+
+class Approval(BaseModel):
+    """How a statement that needs approval is approved (docs/policies.md, Approvals)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["held", "deferred"] = Field(
+        default="held",
+        description="held: the client waits in its session for the decision; deferred: the statement is "
+        "refused now with the review's URL and may be run once after approval",
+    )
+    approvers: list[GroupOrUser] = Field(
+        default_factory=list,
+        description="Groups whose members may decide (omitted: the groups in PGWARD_APPROVER_GROUPS)",
+    )
+    approvals_required: int = Field(
+        default=1, ge=1, le=20, description="How many different approvers must approve (N of M)"
+    )
+    reason_required: bool = Field(
+        default=False,
+        description="The statement must carry a reason in a comment: /* reason: INC-1234 */",
+    )
+    timeout: Duration = Field(default="15m", description="How long a review waits for its decision")
+    valid_for: Duration = Field(
+        default="15m", description="deferred: how long after approval the statement may be run (once)"
+    )
+    break_glass: bool = Field(
+        default=False,
+        description="The requester may approve their own review in an emergency, with a mandatory "
+        "reason; flagged in the audit and sent to every webhook",
+    )
+
+    _durations = field_validator("timeout", "valid_for")(_checked_duration)
+
+
+class AccessRequests(BaseModel):
+    """Who may request this policy for a limited time (just-in-time access), and who approves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requesters: Subjects = Field(description="Who may request the policy")
+    approvers: list[GroupOrUser] = Field(
+        default_factory=list,
+        description="Groups whose members may decide (omitted: the groups in PGWARD_APPROVER_GROUPS)",
+    )
+    approvals_required: int = Field(default=1, ge=1, le=20, description="Different approvers needed (N of M)")
+    reason_required: bool = Field(default=True, description="A request must say why")
+    max_duration: Duration = Field(default="8h", description="The longest grant a request may ask for")
+    timeout: Duration = Field(default="24h", description="How long a request waits for its decision")
+    break_glass: bool = Field(
+        default=False, description="Requesters may approve their own request with a mandatory reason (loud)"
+    )
+
+    _durations = field_validator("max_duration", "timeout")(_checked_duration)
+
+    @model_validator(mode="after")
+    def _has_requesters(self) -> AccessRequests:
+        r = self.requesters
+        if not (r.groups or r.users or r.service_identities):
+            raise ValueError("requesters must name at least one group, user or service identity")
+        return self
+
+
 class Rule(BaseModel):
     """One rule: exactly one of allow, deny or require_approval, optionally limited to tables."""
 
@@ -95,6 +176,10 @@ class Rule(BaseModel):
     tables: list[TablePattern] | None = Field(
         default=None,
         description="schema.name globs (shop.*); the rule covers only these objects. Omitted: every object.",
+    )
+    approval: Approval | None = Field(
+        default=None,
+        description="require_approval only: how approval works (omitted: the policy's approval block)",
     )
 
     @field_validator("tables")
@@ -114,6 +199,8 @@ class Rule(BaseModel):
             raise ValueError("a rule has exactly one of allow, deny, require_approval")
         if not getattr(self, given[0]):
             raise ValueError(f"{given[0]} must name at least one statement class")
+        if self.approval is not None and given[0] != "require_approval":
+            raise ValueError("approval belongs to require_approval rules only")
         return self
 
     @property
@@ -126,25 +213,30 @@ class Rule(BaseModel):
         return frozenset(STATEMENT_CLASSES) if "all" in listed else frozenset(listed)
 
 
+# A guardrail is on (true: refuse), off (false), or turns what it refuses into a review.
+GuardrailSetting = bool | Literal["require_approval"]
+
+
 class Guardrails(BaseModel):
-    """Built-in protections, all on unless a policy turns one off explicitly (false)."""
+    """Built-in protections, all on unless a policy turns one off explicitly (false). A guardrail set to
+    "require_approval" sends what it would refuse for approval instead (the policy's approval block)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    no_unbounded_write: bool = Field(
+    no_unbounded_write: GuardrailSetting = Field(
         default=True, description="UPDATE/DELETE without WHERE or with an always-true WHERE"
     )
-    no_drop_database: bool = True
-    no_role_escape: bool = Field(
+    no_drop_database: GuardrailSetting = True
+    no_role_escape: GuardrailSetting = Field(
         default=True,
         description="SET ROLE, RESET ROLE, SET SESSION AUTHORIZATION, set_config('role'), "
         "changing pgward.* settings",
     )
-    no_server_file_access: bool = Field(
+    no_server_file_access: GuardrailSetting = Field(
         default=True,
         description="COPY … PROGRAM, COPY to/from server files, pg_read_file, lo_import, dblink, …",
     )
-    no_alter_system: bool = True
+    no_alter_system: GuardrailSetting = True
     data_modifying_cte_is_write: Literal[True] = Field(
         default=True,
         description="A WITH that modifies data is a write. Cannot be turned off: "
@@ -288,7 +380,9 @@ class PolicyDocument(BaseModel):
     kind: Literal["Policy"] = "Policy"
     name: ResourceName
     description: str = Field(default="", max_length=2000)
-    subjects: Subjects
+    subjects: Subjects = Field(
+        description="Who the policy applies to (may be empty when access_requests grants it on request)"
+    )
     connections: list[Annotated[str, StringConstraints(min_length=1, max_length=63)]] = Field(
         min_length=1, description="Connection names (globs allowed: `*` is every connection)"
     )
@@ -307,6 +401,15 @@ class PolicyDocument(BaseModel):
     detectors: Detectors | None = Field(
         default=None,
         description="Content detectors for output columns with no table origin (docs/masking.md)",
+    )
+    approval: Approval | None = Field(
+        default=None,
+        description="Defaults for this policy's require_approval rules and its guardrails set to "
+        "require_approval",
+    )
+    access_requests: AccessRequests | None = Field(
+        default=None,
+        description="Just-in-time access: who may request this policy for a limited time, who approves",
     )
     column_tags: dict[ColumnPattern, list[TagName]] = Field(
         default_factory=dict,
@@ -342,9 +445,18 @@ class PolicyDocument(BaseModel):
     @model_validator(mode="after")
     def _has_subjects(self) -> PolicyDocument:
         s = self.subjects
-        if not (s.groups or s.users or s.service_identities):
-            raise ValueError("subjects must name at least one group, user or service identity")
+        if not (s.groups or s.users or s.service_identities) and self.access_requests is None:
+            raise ValueError(
+                "subjects must name at least one group, user or service identity "
+                "(or access_requests must say who may request the policy)"
+            )
         return self
+
+    def approval_for(self, rule: Rule | None) -> Approval:
+        """The approval settings of one of this policy's rules (or of its guardrails: rule None)."""
+        if rule is not None and rule.approval is not None:
+            return rule.approval
+        return self.approval or Approval()
 
     def applies_to_connection(self, connection: str) -> bool:
         return any(fnmatch.fnmatchcase(connection, pattern) for pattern in self.connections)

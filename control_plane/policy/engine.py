@@ -27,7 +27,14 @@ from control_plane.policy.classify import (
     parse_search_path,
 )
 from control_plane.policy.copy import CopyShape
-from control_plane.policy.documents import GUARDRAILS, READ_ONLY_CLASSES, PolicyDocument, split_pattern
+from control_plane.policy.documents import (
+    GUARDRAILS,
+    READ_ONLY_CLASSES,
+    Approval,
+    PolicyDocument,
+    duration_seconds,
+    split_pattern,
+)
 from control_plane.policy.functions import CATALOG_RELATIONS
 from control_plane.policy.leaks import Leak, check_statement, created_relation
 from control_plane.policy.masking import Catalog, ResolvedMasks, SessionMasking, session_masking
@@ -58,6 +65,7 @@ class CompiledRule:
     action: str  # allow | deny | require_approval
     classes: frozenset[str]
     patterns: tuple[tuple[str, str], ...] | None  # None: every object
+    approval: Approval | None = None  # require_approval rules: how they are approved
 
     def covers(self, obj: ObjectRef) -> bool:
         if self.patterns is None:
@@ -83,8 +91,11 @@ class CompiledPolicy:
         rules = []
         for i, rule in enumerate(doc.rules):
             patterns = tuple(split_pattern(p) for p in rule.tables) if rule.tables is not None else None
+            approval = doc.approval_for(rule) if rule.action == "require_approval" else None
             rules.append(
-                CompiledRule(doc.name, i, rule.name or f"rules[{i}]", rule.action, rule.classes, patterns)
+                CompiledRule(
+                    doc.name, i, rule.name or f"rules[{i}]", rule.action, rule.classes, patterns, approval
+                )
             )
         return cls(doc, tuple(rules))
 
@@ -98,17 +109,52 @@ class CompiledPolicy:
 
 
 @dataclass(frozen=True)
+class ActiveGrant:
+    """An approved access request: `policy` applies to one identity until `expires_at` (epoch seconds)."""
+
+    policy: str
+    issuer: str
+    subject: str
+    expires_at: float
+    request_id: str
+
+
+@dataclass(frozen=True)
 class PolicySet:
     """An immutable set of compiled policies and the version every scope key includes."""
 
     version: str
     policies: tuple[CompiledPolicy, ...]
+    # Just-in-time grants in force when the set was built; part of the version, so a grant starting or
+    # ending changes every scope key and clears cached decisions.
+    grants: tuple[ActiveGrant, ...] = ()
 
     @classmethod
-    def build(cls, docs: Iterable[PolicyDocument], revision: int | str = 0) -> PolicySet:
+    def build(
+        cls, docs: Iterable[PolicyDocument], revision: int | str = 0, grants: Iterable[ActiveGrant] = ()
+    ) -> PolicySet:
         compiled = tuple(CompiledPolicy.compile(d) for d in sorted(docs, key=lambda d: d.name))
-        digest = hashlib.sha256(json.dumps([p.doc.spec() for p in compiled], sort_keys=True).encode())
-        return cls(f"{revision}-{digest.hexdigest()[:10]}", compiled)
+        active = tuple(sorted(grants, key=lambda g: (g.policy, g.issuer, g.subject, g.request_id)))
+        digest = hashlib.sha256(
+            json.dumps(
+                [
+                    [p.doc.spec() for p in compiled],
+                    [[g.policy, g.issuer, g.subject, g.request_id] for g in active],
+                ],
+                sort_keys=True,
+            ).encode()
+        )
+        return cls(f"{revision}-{digest.hexdigest()[:10]}", compiled, active)
+
+    def granted(self, policy: str, identity: Identity) -> bool:
+        return any(
+            g.policy == policy and g.subject == identity.subject and g.issuer == identity.issuer
+            for g in self.grants
+        )
+
+    def next_expiry(self) -> float | None:
+        """When the first grant of this set ends (epoch seconds)."""
+        return min((g.expires_at for g in self.grants), default=None)
 
     def on_connection(self, connection: str) -> tuple[CompiledPolicy, ...]:
         return tuple(p for p in self.policies if p.doc.applies_to_connection(connection))
@@ -118,7 +164,10 @@ class PolicySet:
 
     def applicable(self, identity: Identity, connection: str) -> tuple[CompiledPolicy, ...]:
         return tuple(
-            p for p in self.policies if p.doc.applies_to_connection(connection) and p.applies_to(identity)
+            p
+            for p in self.policies
+            if p.doc.applies_to_connection(connection)
+            and (p.applies_to(identity) or self.granted(p.doc.name, identity))
         )
 
 
@@ -147,6 +196,8 @@ class SessionGrant:
     search_path: tuple[str, ...]
     may_read: bool
     masking: SessionMasking = field(default_factory=SessionMasking)
+    # Guardrails that send what they catch for approval instead of refusing it: guardrail → (policy, how).
+    guardrail_approvals: Mapping[str, tuple[str, Approval]] = field(default_factory=dict)
 
     @property
     def pinned(self) -> bool:
@@ -189,6 +240,17 @@ def _search_path_item(schema: str) -> str:
     return schema if schema == '"$user"' else quote_ident(schema)
 
 
+@dataclass(frozen=True)
+class ApprovalNeed:
+    """Why a statement needs approval and how it is approved."""
+
+    policy: str
+    rule: str
+    approval: Approval
+    what: str
+    source: str  # 'policy "p", rule "r" (require_approval write)', for the DETAIL
+
+
 @dataclass
 class StatementDecision:
     action: str  # allow | deny
@@ -208,6 +270,9 @@ class StatementDecision:
     # Plans for the COPY … TO STDOUT statements of a masked session, in statement order: the data
     # plane masks their output by them (see ResolvedMasks.copy_plan).
     copy: list[dict[str, Any]] | None = None
+    # Set when the statement is refused only because it needs approval (the first rule that asked).
+    approval: ApprovalNeed | None = None
+    approvals: list[ApprovalNeed] = field(default_factory=list)
 
     def answer(self) -> dict[str, Any]:
         """The data plane's answer format."""
@@ -220,6 +285,17 @@ class StatementDecision:
             if value is not None:
                 out[key] = value
         if self.action == "allow" and self.copy:
+            out["copy"] = self.copy
+        return out
+
+    def approved_answer(self) -> dict[str, Any]:
+        """The answer once its approval is used: what `answer` says for an allowed statement (with a
+        strict-masking rewrite and COPY plans), never cached."""
+        out: dict[str, Any] = {"action": "allow", "cache": "none"}
+        if self.rewritten is not None:
+            out["action"] = "rewrite"
+            out["sql"] = self.rewritten
+        if self.copy:
             out["copy"] = self.copy
         return out
 
@@ -518,7 +594,16 @@ class PolicyEngine:
         rules = tuple(r for p in policies for r in p.rules)
         allows = [r for r in rules if r.action == "allow"]
         read_only = all(r.classes <= READ_ONLY_CLASSES for r in allows)
-        guardrails = frozenset(g for g in GUARDRAILS if any(getattr(p.doc.guardrails, g) for p in policies))
+        guardrails = frozenset(
+            g for g in GUARDRAILS if any(getattr(p.doc.guardrails, g) is True for p in policies)
+        )
+        # A guardrail no policy turns on but one sets to require_approval sends its catches for review.
+        guardrail_approvals = {
+            g: (p.doc.name, p.doc.approval_for(None))
+            for g in reversed(GUARDRAILS)
+            for p in reversed(policies)
+            if g not in guardrails and getattr(p.doc.guardrails, g) == "require_approval"
+        }
         role = next(iter(run_as)) if run_as else login_role
         path = parse_search_path(search_path) if search_path is not None else DEFAULT_SEARCH_PATH
         return SessionGrant(
@@ -535,6 +620,7 @@ class PolicyEngine:
             search_path=tuple(s if s != "$user" else '"$user"' for s in path),
             may_read=any("read" in r.classes for r in allows),
             masking=masking,
+            guardrail_approvals=guardrail_approvals,
         )
 
     def open_session(self, session_id: int, grant: SessionGrant) -> None:
@@ -600,6 +686,17 @@ class PolicyEngine:
                 detail=current.message,
                 hint=current.hint,
             )
+        if opened is not None and current.masking.key() != opened.grant.masking.key():
+            # The data plane masks by the rules the session started with; a policy change (or a
+            # just-in-time grant) that changes them needs a new session, never unmasked rows.
+            return StatementDecision(
+                "deny",
+                "none",
+                "42501",
+                "refused by pgward: the masking rules for this session changed since it started",
+                detail="a policy change or a just-in-time grant changed which columns are masked",
+                hint="reconnect to continue under the current rules",
+            )
         state = opened.copy() if opened else SessionState(current, [current.search_path])
         pinned = state.grant.pinned
         decision = StatementDecision("allow", "fingerprint", kinds=[a.kind for a in statements])
@@ -647,10 +744,31 @@ class PolicyEngine:
                 decision.action, decision.sqlstate = "deny", "42501"
                 decision.message, decision.hint = refusal.message, refusal.hint
                 decision.policy, decision.rule = None, "detectors"
+        if decision.action == "allow" and decision.approvals:
+            # Everything else passed (masking too: an approved statement runs as the analysis said,
+            # rewritten if strict masking rewrote it): only approval stands between it and the database.
+            need = _merged(decision.approvals)
+            decision.approval = need
+            decision.action, decision.sqlstate = "deny", "42501"
+            decision.policy, decision.rule = need.policy, need.rule
+            decision.message = f"refused by pgward: {need.what} requires approval"
+            decision.detail = f"approval required by {need.source}"
+            decision.hint = "approvers can approve it once the gateway has opened a review: " + (
+                self.request_hint(current.connection)
+            )
         if unqualified and (len(state.paths) > 1 or self._diverged.get(state.grant.cache_key)):
             cache = CACHE_NONE
         decision.cache = CACHE_NAMES[cache]
-        if decision.action == "allow" and opened is not None and session_id is not None:
+        if decision.approval is not None:
+            # Every attempt must reach the decision service: an approval is used once.
+            decision.cache = CACHE_NAMES[CACHE_NONE]
+        if (
+            (decision.action == "allow" or decision.approval is not None)
+            and opened
+            and session_id is not None
+        ):
+            # An approved statement runs later without another analysis: its effects (search_path, …)
+            # are applied now, which can only make later checks stricter.
             self._commit(session_id, opened, state)
         return decision
 
@@ -784,6 +902,17 @@ class PolicyEngine:
             if f.only == ONLY_PINNED and not pinned:
                 continue
             if f.guardrail is not None and f.guardrail not in grant.guardrails:
+                held = grant.guardrail_approvals.get(f.guardrail)
+                if held is not None:
+                    decision.approvals.append(
+                        ApprovalNeed(
+                            held[0],
+                            f"guardrail:{f.guardrail}",
+                            held[1],
+                            f.message,
+                            f'policy "{held[0]}", guardrail {f.guardrail} (set to require_approval)',
+                        )
+                    )
                 continue
             decision.policy, decision.rule = (
                 None,
@@ -936,29 +1065,31 @@ class PolicyEngine:
             name = str(obj)
             if name not in decision.tables:
                 decision.tables.append(name)
-        for rule in grant.rules:
-            if rule.action == "allow" or cls not in rule.classes:
-                continue
-            if obj is None and not broad and rule.patterns is not None:
-                continue
-            if obj is not None and not rule.covers(obj):
-                continue
-            decision.policy, decision.rule = rule.policy, rule.label
-            if rule.action == "deny":
-                return Refusal(
-                    "42501",
-                    f"refused by pgward: {what} is denied by policy",
-                    f"denied by {rule.describe()}",
-                    self.request_hint(grant.connection),
+        # Deny rules win over approval rules whatever their order.
+        for action in ("deny", "require_approval"):
+            for rule in grant.rules:
+                if rule.action != action or cls not in rule.classes:
+                    continue
+                if obj is None and not broad and rule.patterns is not None:
+                    continue
+                if obj is not None and not rule.covers(obj):
+                    continue
+                if rule.action == "deny":
+                    decision.policy, decision.rule = rule.policy, rule.label
+                    return Refusal(
+                        "42501",
+                        f"refused by pgward: {what} is denied by policy",
+                        f"denied by {rule.describe()}",
+                        self.request_hint(grant.connection),
+                    )
+                # Allowed once approved: the rest of the statement is still checked.
+                assert rule.approval is not None
+                decision.approvals.append(
+                    ApprovalNeed(
+                        rule.policy, rule.label, rule.approval, what.removesuffix(", which"), rule.describe()
+                    )
                 )
-            return Refusal(
-                "42501",
-                f"refused by pgward: {what} requires approval, and this pgward cannot hold statements "
-                "for approval yet, so it is refused",
-                f"approval required by {rule.describe()}",
-                "ask someone whose policy allows it to run the statement, or request access: "
-                + self.request_hint(grant.connection),
-            )
+                return None
         for rule in grant.rules:
             if rule.action != "allow" or cls not in rule.classes:
                 continue
@@ -1002,6 +1133,34 @@ def _detectors_refusal(statements: Sequence[Analysis]) -> Refusal | None:
                 hint="use SELECT; its rows are scanned",
             )
     return None
+
+
+def _merged(needs: Sequence[ApprovalNeed]) -> ApprovalNeed:
+    """One approval for a statement several rules send for review: the first rule's approvers decide,
+    with the strictest of every rule's settings (most approvals, shortest times, reason if any asks,
+    break-glass only if all allow it, held if any holds)."""
+    first = needs[0]
+    if len(needs) == 1:
+        return first
+    approvals = [n.approval for n in needs]
+    seconds = duration_seconds
+    merged = first.approval.model_copy(
+        update={
+            "mode": "held" if any(a.mode == "held" for a in approvals) else "deferred",
+            "approvals_required": max(a.approvals_required for a in approvals),
+            "reason_required": any(a.reason_required for a in approvals),
+            "timeout": min((a.timeout for a in approvals), key=seconds),
+            "valid_for": min((a.valid_for for a in approvals), key=seconds),
+            "break_glass": all(a.break_glass for a in approvals),
+        }
+    )
+    return ApprovalNeed(
+        first.policy,
+        first.rule,
+        merged,
+        "; ".join(dict.fromkeys(n.what for n in needs)),
+        "; ".join(dict.fromkeys(n.source for n in needs)),
+    )
 
 
 def deny_all_engine() -> PolicyEngine:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
@@ -12,6 +13,12 @@ from control_plane.dataplane import Dataplane
 from control_plane.proxy.service import DecisionService
 
 log = structlog.get_logger("pgward.proxy")
+_UNDECIDED: dict[str, Any] = {
+    "action": "deny",
+    "sqlstate": "42501",
+    "message": "statement refused: pgward could not decide it, and refuses what it cannot decide",
+    "cache": "none",
+}
 
 
 class BridgeDispatcher:
@@ -42,8 +49,15 @@ class BridgeDispatcher:
         assert self._loop is not None
         for request_id, kind, payload in self.dataplane.take_requests():
             if kind == "decide":
-                # Pure CPU (parse + rules): answered inline, no task per statement.
-                self._respond(request_id, self._safe_decide(payload))
+                # Pure CPU (parse + rules): answered inline, no task per statement; only statements that
+                # need approval (a review in the store) are answered by a task.
+                answer = self._safe_decide(payload)
+                if isinstance(answer, dict):
+                    self._respond(request_id, answer)
+                else:
+                    task = self._loop.create_task(self._later(request_id, payload, answer))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             elif kind == "authenticate":
                 task = self._loop.create_task(self._authenticate(request_id, payload))
                 self._tasks.add(task)
@@ -51,17 +65,22 @@ class BridgeDispatcher:
             elif kind == "session_end":
                 self.service.session_ended(payload)
 
-    def _safe_decide(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def _safe_decide(self, payload: dict[str, Any]) -> dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]:
         try:
             return self.service.decide(payload)
         except Exception:
             log.exception("statement decision failed", session_id=payload.get("session_id"))
-            return {
-                "action": "deny",
-                "sqlstate": "42501",
-                "message": "statement refused: pgward could not decide it, and refuses what it cannot decide",
-                "cache": "none",
-            }
+            return _UNDECIDED
+
+    async def _later(
+        self, request_id: int, payload: dict[str, Any], answer: Coroutine[Any, Any, dict[str, Any]]
+    ) -> None:
+        try:
+            result = await answer
+        except Exception:
+            log.exception("statement review failed", session_id=payload.get("session_id"))
+            result = _UNDECIDED
+        self._respond(request_id, result)
 
     async def _authenticate(self, request_id: int, payload: dict[str, Any]) -> None:
         try:

@@ -13,6 +13,7 @@ import uvicorn
 from control_plane.api import metrics
 from control_plane.api.app import create_app
 from control_plane.api.metrics import registry_for
+from control_plane.approvals.runtime import ApprovalsRuntime
 from control_plane.audit.sink import SyslogSink
 from control_plane.audit.writer import AuditWriter
 from control_plane.config import ConfigError, Settings
@@ -98,7 +99,9 @@ async def serve(
     sink = SyslogSink(settings.audit_syslog) if settings.audit_syslog else None
     audit = AuditWriter(settings, engine, sink=sink)
     await audit.start()
+    approvals = ApprovalsRuntime(settings, sessionmaker)
     try:
+        approvals.start()
         if proxy:
             dataplane = start_dataplane(settings)
             decisions = DecisionService(settings, sessionmaker, verifier, audit)
@@ -145,6 +148,7 @@ async def serve(
             api_server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(api_task), timeout=5)
+        await approvals.stop()
         if dispatcher is not None:
             dispatcher.stop()
         if decisions is not None:

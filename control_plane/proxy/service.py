@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from control_plane.approvals.directory import remember
+from control_plane.approvals.gateway import StatementReviews
 from control_plane.audit.chain import canonical_body
 from control_plane.audit.writer import AuditWriter, identity_fields
 from control_plane.config import Settings
@@ -110,6 +112,7 @@ class DecisionService:
         # Resolved masks by (rules, catalog snapshot): sessions of one identity share the work.
         self._resolved: dict[tuple[str, str], ResolvedMasks] = {}
         self._mask_key: str | None = None
+        self.reviews = StatementReviews(settings, sessionmaker)
 
     async def start(self) -> None:
         """Load the policies and watch the store for changes (idempotent)."""
@@ -266,6 +269,7 @@ class DecisionService:
                     hint=f"pgward could not read the target's catalog ({e}); try again, or ask the "
                     "pgward operator to check the connection",
                 )
+        await remember(self.sessionmaker, identity)
         self.engine.open_session(request["session_id"], grant)
         if masks is not None:
             self.engine.set_masks(request["session_id"], masks)
@@ -337,7 +341,7 @@ class DecisionService:
             self._mask_key = mask_key(self.settings.secret_key_bytes())
         return self._mask_key
 
-    def decide(self, request: dict[str, Any]) -> dict[str, Any]:
+    def decide(self, request: dict[str, Any]) -> dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]:
         session_id: int = request["session_id"]
         info = self.sessions.get(session_id)
         if info is None:
@@ -357,7 +361,7 @@ class DecisionService:
             if self.engine.policy_set.masks_anything(info.connection):
                 # A cached decision would skip this invalidation when the statement is repeated.
                 decision.cache = "none"
-        if decision.action == "allow":
+        if decision.action == "allow" or decision.approval is not None:
             for kind in decision.kinds:
                 if kind in self.deny_kinds:
                     human = _HUMAN_KINDS.get(kind, kind)
@@ -373,6 +377,17 @@ class DecisionService:
                         "cache": decision.cache,
                         "audit": self._audit_meta(decision, rule="deny_statements"),
                     }
+        if decision.approval is not None:
+            # Needs the store (open or use a review): answered by a task, not inline.
+            return self.reviews.answer(
+                info.identity,
+                info.connection,
+                info.session_uuid,
+                request["sql"],
+                request.get("source", "query"),
+                decision,
+                audit=self._audit_meta(decision),
+            )
         answer = decision.answer()
         answer["audit"] = self._audit_meta(decision)
         return answer

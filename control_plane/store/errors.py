@@ -25,3 +25,17 @@ class PreconditionFailedError(StoreError):
 
 class InvalidInputError(StoreError):
     pass
+
+
+class RefusedError(StoreError):
+    """A request that is understood but refused; `status` and `slug` say which problem it is."""
+
+    status = 409
+    slug = "conflict"
+
+    def __init__(self, message: str, *, status: int | None = None, slug: str | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        if slug is not None:
+            self.slug = slug

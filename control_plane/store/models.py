@@ -217,3 +217,169 @@ class AuditPrune(Base):
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     key_id: Mapped[str] = mapped_column(Text)
     signature: Mapped[str] = mapped_column(Text)
+
+
+# --- approvals (control_plane/approvals/) ----------------------------------------------------------
+
+REVIEW_STATES = ("pending", "approved", "denied", "expired", "withdrawn", "consumed")
+ACCESS_REQUEST_STATES = ("pending", "approved", "denied", "expired", "withdrawn")
+
+
+class Review(Base):
+    """A statement waiting for (or decided by) approvers: exactly these bytes, by this identity."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('pending', 'approved', 'denied', 'expired', 'withdrawn', 'consumed')", name="state"
+        ),
+        CheckConstraint("mode IN ('held', 'deferred')", name="mode"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    state: Mapped[str] = mapped_column(Text, default="pending", index=True)
+    mode: Mapped[str] = mapped_column(Text)
+    requester_issuer: Mapped[str] = mapped_column(Text)
+    requester_subject: Mapped[str] = mapped_column(Text)
+    requester_username: Mapped[str] = mapped_column(Text)
+    requester_kind: Mapped[str] = mapped_column(Text)
+    requester_groups: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    connection: Mapped[str] = mapped_column(Text)
+    session_uuid: Mapped[str | None] = mapped_column(Text)
+    # The exact statement text and its SHA-256: a deferred approval matches these bytes only.
+    sql: Mapped[str] = mapped_column(Text)
+    sql_sha256: Mapped[str] = mapped_column(Text, index=True)
+    what: Mapped[str] = mapped_column(Text, default="", server_default="")
+    reason: Mapped[str | None] = mapped_column(Text)
+    policy: Mapped[str] = mapped_column(Text)
+    rule: Mapped[str] = mapped_column(Text)
+    approver_groups: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1)
+    break_glass_allowed: Mapped[bool] = mapped_column(Boolean, default=False)
+    break_glass: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    valid_for_seconds: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Pending until this instant, then expired.
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Deferred: an approved statement may run once until this instant.
+    valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    consumed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    comment: Mapped[str | None] = mapped_column(Text)
+
+
+class AccessRequest(Base):
+    """A request for a policy for a limited time (just-in-time access)."""
+
+    __tablename__ = "access_requests"
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'approved', 'denied', 'expired', 'withdrawn')", name="state"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    state: Mapped[str] = mapped_column(Text, default="pending", index=True)
+    requester_issuer: Mapped[str] = mapped_column(Text)
+    requester_subject: Mapped[str] = mapped_column(Text)
+    requester_username: Mapped[str] = mapped_column(Text)
+    requester_kind: Mapped[str] = mapped_column(Text)
+    requester_groups: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    connection: Mapped[str] = mapped_column(Text)
+    policy: Mapped[str] = mapped_column(Text)
+    duration_seconds: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    approver_groups: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1)
+    break_glass_allowed: Mapped[bool] = mapped_column(Boolean, default=False)
+    break_glass: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The grant: active from starts_at until ends_at once approved.
+    starts_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    comment: Mapped[str | None] = mapped_column(Text)
+
+
+class ApprovalVote(Base):
+    """One approver's decision on a review or access request; one per approver and item."""
+
+    __tablename__ = "approval_votes"
+    __table_args__ = (
+        UniqueConstraint("item_id", "voter_issuer", "voter_subject", name="uq_approval_votes_voter"),
+        CheckConstraint("vote IN ('approve', 'deny')", name="vote"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    item_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    voter_issuer: Mapped[str] = mapped_column(Text)
+    voter_subject: Mapped[str] = mapped_column(Text)
+    voter_username: Mapped[str] = mapped_column(Text)
+    vote: Mapped[str] = mapped_column(Text)
+    comment: Mapped[str | None] = mapped_column(Text)
+    via: Mapped[str] = mapped_column(Text, default="api", server_default="api")
+    break_glass: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Webhook(Base):
+    """An outgoing webhook endpoint: events are delivered to `url`, signed with the endpoint's secret."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (CheckConstraint("format IN ('standard', 'slack')", name="format"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(Text, default="standard")
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    # Fernet token of the signing secret (whsec_…).
+    secret_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: its body (signed as is), attempts and outcome."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    webhook_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
+    )
+    # The `webhook-id` header: the same for every attempt of this delivery (receivers dedupe on it).
+    message_id: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text, default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class InboundMessage(Base):
+    """Signed decision callbacks already processed, by message id: a replay is refused."""
+
+    __tablename__ = "inbound_messages"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class KnownIdentity(Base):
+    """The groups an identity last presented (API or gateway): chat decisions check these."""
+
+    __tablename__ = "known_identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_known_identities_issuer_subject"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    issuer: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    username: Mapped[str] = mapped_column(Text, index=True)
+    kind: Mapped[str] = mapped_column(Text)
+    groups: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -289,3 +289,27 @@ def test_cli_lists_shows_and_decides(approvals_gateway: ApprovalsGateway) -> Non
     assert approved.returncode == 0 and "approved (1/1 approvals)" in approved.stdout
     again = cli("dave", "deny", rid)
     assert again.returncode == 1 and "already approved" in again.stderr
+
+
+def test_requests_votes_and_executions_are_in_the_audit(approvals_gateway: ApprovalsGateway) -> None:
+    ag = approvals_gateway
+    table(ag, "apv_two_audit")
+    sql = "DELETE FROM public.apv_two_audit WHERE id = 2"
+    rid = refused(ag, "bob", sql)
+    vote(ag, "carol", rid, comment="one")
+    vote(ag, "dave", rid, comment="two")
+    assert runs(ag, "bob", sql) == 1
+    with ag.api("admin") as api:
+        items = api.get("/v1/audit/events", params={"kind": "approval", "limit": 1000}).json()["items"]
+    mine = [e for e in items if e.get("review") == rid]
+    assert [e["action"] for e in mine] == [
+        "review.created",
+        "review.vote",
+        "review.vote",
+        "review.decided",
+        "review.executed",
+    ]
+    assert [e["identity"]["username"] for e in mine] == ["bob", "carol", "dave", "dave", "bob"]
+    assert {e["statement"] for e in mine} == {sql}
+    # Linked to the session that asked: the review carries its session UUID.
+    assert mine[0]["session"] and mine[1]["comment"] == "one" and mine[3]["decision"] == "approved"

@@ -33,8 +33,9 @@ log = structlog.get_logger("pgward.masking")
 MASK_KEY_INFO = b"pgward mask hash"
 CATALOG_TTL = 60.0
 # Relation kinds whose rows a SELECT can return: tables, partitioned tables, views, materialized
-# views, foreign tables.
-_RELKINDS = ("r", "p", "v", "m", "f")
+# views, foreign tables, and sequences (`SELECT last_value FROM s`, which pg_dump runs; a masked
+# session refuses relations it does not know).
+_RELKINDS = ("r", "p", "v", "m", "f", "S")
 _CATALOG_SQL = """
 SELECT c.oid::int8, n.nspname, c.relname, c.relkind::text, a.attnum::int4, a.attname,
        CASE WHEN a.attnum = 1 AND c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END,

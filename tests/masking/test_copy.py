@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import re
 import struct
+import subprocess
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from psycopg import errors
 
+from tests.fixtures.postgres import TargetDatabase
 from tests.gateway.wire import message, query
 from tests.masking.conftest import PII_COLUMNS, ClearValues
 from tests.masking.test_gateway import _login, connect
-from tests.policy.conftest import PolicyGateway
+from tests.policy.conftest import DEMO_POLICIES, PolicyGateway
 
 COLUMNS = "id, name, email, phone, ssn, card_number"
 MASKED_SELECT = f"select {COLUMNS} from shop.customers order by id"
@@ -218,3 +226,97 @@ def test_several_copies_in_one_query(masking_gateway: PolicyGateway, clear_value
     assert len(lines) >= 5000 + 2000
     assert not clear_values.leaks(lines)
     assert sum(line.startswith("****@") for line in lines) == 1000
+
+
+def test_pg_dump_data_only_is_masked(masking_gateway: PolicyGateway, pg15_target: TargetDatabase) -> None:
+    """pg_dump --data-only as alice. The machine's pg_dump is 15 and refuses a newer server, so the
+    gateway fronts the PostgreSQL 15 target with the demo's analysts policy (masking included)."""
+    gw = masking_gateway.gw
+    gw.put_connection(
+        "shop15",
+        host="127.0.0.1",
+        port=pg15_target.port,
+        database=pg15_target.database,
+        username=pg15_target.shop.role,
+        password=pg15_target.shop.password,
+        tls_mode="disable",
+    )
+    document = yaml.safe_load((DEMO_POLICIES / "analysts.yaml").read_text())
+    document.update(name="analysts-read-shop15", connections=["shop15"])
+    gw.put_policy(document)
+    with psycopg.connect(pg15_target.superuser_dsn) as direct:
+        clear = direct.execute("select id, email, phone, ssn, card_number from shop.customers").fetchall()
+    clear_values = ClearValues({r[0]: dict(zip(PII_COLUMNS, r[1:], strict=True)) for r in clear})
+    try:
+        env = {**os.environ, "PGPASSWORD": masking_gateway.tokens["alice"]}
+        deadline = time.monotonic() + 30
+        while True:  # the new policy reaches the gateway within its poll interval
+            r = subprocess.run(
+                [
+                    "pg_dump",
+                    "--data-only",
+                    "-t",
+                    "shop.customers",
+                    masking_gateway.conninfo("alice", dbname="shop15"),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if r.returncode == 0 or time.monotonic() > deadline or "no pgward policy" not in r.stderr:
+                break
+            time.sleep(0.5)
+        assert r.returncode == 0, r.stderr
+        m = re.search(r"^COPY shop\.customers \(([^)]*)\) FROM stdin;\n(.*?)^\\\.$", r.stdout, re.M | re.S)
+        assert m, r.stdout[:2000]
+        columns = [c.strip() for c in m.group(1).split(",")]
+        rows = text_rows(m.group(2).encode())
+        assert len(rows) == len(clear_values.rows)
+        assert not clear_values.leaks([v for row in rows for v in row if v is not None])
+        email = columns.index("email")
+        assert all((row[email] or "").startswith("****@") for row in rows)
+    finally:
+        gw.delete_policy("analysts-read-shop15")
+
+
+def test_binary_copy_of_non_text_columns_gets_valid_typed_values(masking_gateway: PolicyGateway) -> None:
+    """Masked numbers, timestamps and NULLs in binary COPY decode as their types, and equal what
+    SELECT shows through the same gateway."""
+    gw = masking_gateway.gw
+    gw.put_policy(
+        {
+            "kind": "Policy",
+            "name": "analysts-orders-typed",
+            "subjects": {"groups": ["analysts"]},
+            "connections": ["shop"],
+            "rules": [{"allow": ["read", "copy_out"], "tables": ["shop.*"]}],
+            "masking": [
+                {"columns": ["shop.orders.amount"], "function": "email"},
+                {"columns": ["shop.orders.created_at"], "function": "partial", "last": 2},
+                {"columns": ["shop.orders.customer_id"], "function": "redact"},
+            ],
+        }
+    )
+    columns = "id, customer_id, amount, status, created_at"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the new policy reaches the gateway within its poll interval
+            with connect(masking_gateway, "alice") as conn:
+                selected = conn.execute(f"select {columns} from shop.orders order by id").fetchall()
+                if selected[0][2] == 0 or time.monotonic() > deadline:
+                    with conn.cursor() as cur:
+                        sql = f"copy shop.orders ({columns}) to stdout (format binary)"
+                        with cur.copy(sql) as copy:
+                            copy.set_types(["int4", "int4", "numeric", "text", "timestamptz"])
+                            copied = list(copy.rows())
+                        text = text_rows(copy_bytes(conn, f"copy shop.orders ({columns}) to stdout"))
+                    break
+            time.sleep(0.5)
+    finally:
+        gw.delete_policy("analysts-orders-typed")
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert len(copied) >= 5000
+    assert all(r[1] is None and r[2] == Decimal(0) and r[4] == epoch for r in copied)
+    assert copied == selected
+    assert {(r[1], r[2], r[4]) for r in text} == {(None, "0", "1970-01-01 00:00:00+00")}

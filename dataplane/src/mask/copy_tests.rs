@@ -325,7 +325,82 @@ fn decode_text_rows(out: &[u8]) -> Vec<Vec<Option<Vec<u8>>>> {
     rows
 }
 
+/// CSV with `;`, `'` quotes, `\\` escapes and `NULL` for NULL, as a server would write it.
+fn custom_csv() -> CopyPlan {
+    let mut p = three(CopyFormat::Csv);
+    p.delimiter = b';';
+    p.quote = b'\'';
+    p.escape = b'\\';
+    p.null = b"NULL".to_vec();
+    p
+}
+
+fn encode_custom_csv(rows: &[Vec<Option<String>>], force_quote: bool) -> Vec<u8> {
+    let p = custom_csv();
+    let rw = CopyRewriter::new(&p, b"", 1 << 20).unwrap();
+    let mut out = BytesMut::new();
+    for row in rows {
+        for (i, f) in row.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b';');
+            }
+            match f {
+                None => out.extend_from_slice(b"NULL"),
+                Some(v) => rw.write_csv(v.as_bytes(), force_quote, &mut out),
+            }
+        }
+        out.put_u8(b'\n');
+    }
+    out.to_vec()
+}
+
+/// Decode CSV rows written with `custom_csv` options (fields of the rewriter's own splitter).
+fn decode_custom_csv(out: &[u8]) -> Vec<Vec<Option<Vec<u8>>>> {
+    let mut rw = CopyRewriter::new(&custom_csv(), b"", 1 << 20).unwrap();
+    let mut rows = Vec::new();
+    let mut start = 0;
+    while start < out.len() {
+        let (len, ending) = rw.find_line_end(&out[start..]).unwrap();
+        let line = &out[start..start + len];
+        let n = rw.split(line).unwrap();
+        let mut row = Vec::new();
+        for f in rw.fields.iter().take(n) {
+            let raw = &line[f.start..f.end];
+            if !f.quoted && raw == b"NULL" {
+                row.push(None);
+            } else {
+                let mut v = Vec::new();
+                unquote_csv(raw, b'\'', b'\\', &mut v);
+                row.push(Some(v));
+            }
+        }
+        rows.push(row);
+        start += len + ending;
+    }
+    rows
+}
+
 proptest! {
+    #[test]
+    fn custom_csv_round_trips_under_any_chunking(
+        rows in proptest::collection::vec(proptest::collection::vec(text_value(), 3..=3usize), 1..6),
+        cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        force_quote in any::<bool>(),
+    ) {
+        let input = encode_custom_csv(&rows, force_quote);
+        let p = custom_csv();
+        let whole = run(&p, &[&input]).unwrap();
+        prop_assert_eq!(&whole, &chunked(&p, &input, &cuts).unwrap());
+        let decoded = decode_custom_csv(&whole);
+        prop_assert_eq!(decoded.len(), rows.len());
+        for (got, want) in decoded.iter().zip(&rows) {
+            prop_assert_eq!(&got[0], &want[0].as_ref().map(|s| s.as_bytes().to_vec()));
+            prop_assert_eq!(&got[2], &want[2].as_ref().map(|s| s.as_bytes().to_vec()));
+            let masked = want[1].as_ref().and_then(|v| MaskFunction::Email.apply(oid::TEXT, false, v.as_bytes()));
+            prop_assert_eq!(&got[1], &masked);
+        }
+    }
+
     #[test]
     fn any_chunking_gives_the_same_output(
         rows in proptest::collection::vec(proptest::collection::vec(text_value(), 3..=3usize), 0..8),

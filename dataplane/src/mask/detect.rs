@@ -43,13 +43,25 @@ impl Kind {
 
     /// Whether `value` contains an item of this kind.
     pub fn found_in(self, value: &[u8]) -> bool {
+        self.found_in_counted(value, count_digits(value))
+    }
+
+    /// [`Kind::found_in`] with the value's ASCII digits already counted: most text has too few
+    /// digits for a card, an SSN or a phone number, and one vectorisable pass over it rules them all
+    /// out before any scanner runs.
+    pub fn found_in_counted(self, value: &[u8], digits: usize) -> bool {
         match self {
             Kind::Email => has_email(value),
-            Kind::Card => has_card(value),
-            Kind::Ssn => has_ssn(value),
-            Kind::Phone => has_phone(value),
+            Kind::Card => digits >= 13 && has_card(value),
+            Kind::Ssn => digits >= 9 && has_ssn(value),
+            Kind::Phone => digits >= 8 && has_phone(value),
         }
     }
+}
+
+/// The ASCII digits in `value`.
+pub fn count_digits(value: &[u8]) -> usize {
+    value.iter().filter(|b| b.is_ascii_digit()).count()
 }
 
 /// A set of kinds (a bit set: copying it costs nothing).
@@ -77,8 +89,9 @@ impl Kinds {
 /// The kinds among `wanted` that occur in `value`.
 pub fn detect(value: &[u8], wanted: Kinds) -> Kinds {
     let mut found = Kinds::default();
+    let digits = count_digits(value);
     for kind in wanted.iter() {
-        if kind.found_in(value) {
+        if kind.found_in_counted(value, digits) {
             found.insert(kind);
         }
     }
@@ -91,11 +104,6 @@ fn at(value: &[u8], i: usize) -> Option<u8> {
 
 fn is_digit_at(value: &[u8], i: usize) -> bool {
     at(value, i).is_some_and(|b| b.is_ascii_digit())
-}
-
-/// The byte before `i` is not a digit (a number starting at `i` is not the tail of a longer one).
-fn digit_boundary_before(value: &[u8], i: usize) -> bool {
-    i == 0 || !is_digit_at(value, i - 1)
 }
 
 // --- e-mail ---------------------------------------------------------------------------------------
@@ -173,14 +181,18 @@ fn trim_end(mut s: &[u8], byte: u8) -> &[u8] {
 /// starting with 0, and not part of a longer digit run. Groups are taken whole: inside a longer
 /// grouped run (an order number before a card), a card starting at any group is found.
 fn has_card(value: &[u8]) -> bool {
-    let mut i = 0;
-    while i < value.len() {
-        if is_digit_at(value, i) && digit_boundary_before(value, i) && card_from(value, i) {
-            return true;
-        }
-        i += 1;
-    }
-    false
+    digit_runs(value).any(|i| card_from(value, i))
+}
+
+/// The position of the first digit of every run of digits: where a number can start.
+fn digit_runs(value: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut previous_digit = false;
+    value.iter().enumerate().filter_map(move |(i, b)| {
+        let digit = b.is_ascii_digit();
+        let start = digit && !previous_digit;
+        previous_digit = digit;
+        start.then_some(i)
+    })
 }
 
 /// Whether a card number starts at `start`, the first digit of a group.
@@ -237,14 +249,7 @@ fn luhn(s: &[u8]) -> bool {
 /// number that can be issued: area not 000, 666 or 9xx, group not 00, serial not 0000. Nine bare
 /// digits are not detected (too many other numbers look like them).
 fn has_ssn(value: &[u8]) -> bool {
-    let mut i = 0;
-    while i + 11 <= value.len() {
-        if is_digit_at(value, i) && digit_boundary_before(value, i) && ssn_at(value, i) {
-            return true;
-        }
-        i += 1;
-    }
-    false
+    digit_runs(value).any(|i| ssn_at(value, i))
 }
 
 fn ssn_at(value: &[u8], i: usize) -> bool {
@@ -276,21 +281,19 @@ fn ssn_at(value: &[u8], i: usize) -> bool {
 /// digits separated by single spaces, dashes or dots, 8 to 15 digits in all (E.164). Ten bare
 /// digits are not detected.
 fn has_phone(value: &[u8]) -> bool {
-    let mut i = 0;
-    while i < value.len() {
-        let b = value.get(i).copied().unwrap_or_default();
+    // The byte before `i`; NUL before the first, which starts a number like a space would.
+    let mut previous = 0u8;
+    for (i, &b) in value.iter().enumerate() {
         let starts = match b {
-            b'+' => i == 0 || !at(value, i - 1).is_some_and(|p| p.is_ascii_alphanumeric()),
+            b'+' => !previous.is_ascii_alphanumeric(),
             b'(' => true,
-            b'0'..=b'9' => {
-                i == 0 || !at(value, i - 1).is_some_and(|p| p.is_ascii_alphanumeric() || p == b'+')
-            }
+            b'0'..=b'9' => !(previous.is_ascii_alphanumeric() || previous == b'+'),
             _ => false,
         };
         if starts && (nanp_at(value, i) || (b == b'+' && international_at(value, i))) {
             return true;
         }
-        i += 1;
+        previous = b;
     }
     false
 }

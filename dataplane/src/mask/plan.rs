@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::detect::{Kind, Kinds};
+use super::detect::{count_digits, Kind, Kinds};
 use super::functions::{oid, MaskFunction};
 use crate::net::messages::{parse_data_row, Column, MessageError};
 
@@ -77,7 +77,8 @@ impl MaskPlan {
 }
 
 /// Types whose values detectors scan: text-like types, whose text and binary forms are the text
-/// itself, JSON (its binary form is the text) and JSONB (a version byte, then the text).
+/// itself, JSON (its binary form is the text), JSONB (a version byte, then the text), and arrays of
+/// those (`array_agg` over text), whose elements' bytes are contiguous in both formats.
 fn is_scanned_type(type_oid: u32) -> bool {
     matches!(
         type_oid,
@@ -88,7 +89,38 @@ fn is_scanned_type(type_oid: u32) -> bool {
             | oid::CITEXT_LIKE_UNKNOWN
             | oid::JSON
             | oid::JSONB
-    )
+    ) || array_element(type_oid).is_some()
+}
+
+/// The element type of the arrays of scanned types (pg_type.dat).
+fn array_element(type_oid: u32) -> Option<u32> {
+    Some(match type_oid {
+        1009 => oid::TEXT,
+        1015 => oid::VARCHAR,
+        1014 => oid::BPCHAR,
+        1003 => oid::NAME,
+        199 => oid::JSON,
+        3807 => oid::JSONB,
+        _ => return None,
+    })
+}
+
+/// A detected value masked with `f`. An array has no masked form of its own: it becomes the empty
+/// array of its type (a valid value in both formats), or NULL for `null` and `redact` without text.
+fn mask_detected(f: &MaskFunction, type_oid: u32, binary: bool, value: &[u8]) -> Option<Vec<u8>> {
+    let Some(element) = array_element(type_oid) else {
+        return f.apply(type_oid, binary, value);
+    };
+    if matches!(f, MaskFunction::Null | MaskFunction::Redact { text: None }) {
+        return None;
+    }
+    if !binary {
+        return Some(b"{}".to_vec());
+    }
+    // ndim 0, no NULLs, the element type: PostgreSQL's own binary form of '{}'.
+    let mut out = vec![0u8; 8];
+    out.extend_from_slice(&element.to_be_bytes());
+    Some(out)
 }
 
 /// A session's content detectors: each enabled kind with the function a value containing it gets,
@@ -120,9 +152,10 @@ impl Detectors {
     /// The function for a value that contains a detected item, `None` when nothing is detected.
     /// Stops at the strictest kind found; a value with no match costs one scan per kind.
     pub fn function_for(&self, value: &[u8]) -> Option<&MaskFunction> {
+        let digits = count_digits(value);
         self.rules
             .iter()
-            .find(|(kind, _)| kind.found_in(value))
+            .find(|(kind, _)| kind.found_in_counted(value, digits))
             .map(|(_, f)| f)
     }
 }
@@ -170,7 +203,7 @@ impl RowMasker {
                 (Some(v), Some(Masking::Detect(ty, binary))) => {
                     match self.detectors.as_ref().and_then(|d| d.function_for(v)) {
                         Some(f) => {
-                            masked = f.apply(*ty, *binary, v);
+                            masked = mask_detected(f, *ty, *binary, v);
                             masked.as_deref()
                         }
                         None => Some(*v),
@@ -326,6 +359,41 @@ mod tests {
                 Some(&b"{\"ssn\": \"666-12-3456\"}"[..]),
             ]
         );
+    }
+
+    #[test]
+    fn detected_arrays_become_empty_arrays_of_their_type() {
+        let masker = detecting()
+            .for_columns(&[typed(1009, 0), typed(1015, 1), typed(1009, 0)])
+            .unwrap();
+        let mut binary = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, 19, 0, 0, 0, 2, 0, 0, 0, 1];
+        binary.extend_from_slice(&[0, 0, 0, 16]);
+        binary.extend_from_slice(b"jane@example.com");
+        let row = build_data_row(
+            [
+                Some(&b"{a,jane@example.com}"[..]),
+                Some(&binary[..]),
+                Some(&b"{a,b}"[..]),
+            ]
+            .into_iter(),
+            64,
+        )
+        .unwrap();
+        let out = masker.mask(&row[5..]).unwrap();
+        let fields = parse_data_row(&out[5..]).unwrap();
+        assert_eq!(
+            fields,
+            vec![
+                Some(&b"{}"[..]),
+                Some(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 19][..]),
+                Some(&b"{a,b}"[..]),
+            ]
+        );
+        // An SSN (its function is null) makes the array NULL.
+        let row = build_data_row([Some(&b"{123-45-6789}"[..])].into_iter(), 16).unwrap();
+        let masker = detecting().for_columns(&[typed(1009, 0)]).unwrap();
+        let out = masker.mask(&row[5..]).unwrap();
+        assert_eq!(parse_data_row(&out[5..]).unwrap(), vec![None]);
     }
 
     proptest! {

@@ -258,7 +258,9 @@ impl ServerSide {
                     _ => self.simple.as_ref(),
                 };
                 match masker {
-                    Some(m) => Action::Replace(m.mask(body).map_err(|e| format!("DataRow: {e}"))?),
+                    Some(m) => {
+                        Action::Replace(m.mask_frame(frame).map_err(|e| format!("DataRow: {e}"))?)
+                    }
                     None => Action::Forward,
                 }
             }

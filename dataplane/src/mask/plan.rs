@@ -176,6 +176,29 @@ pub struct RowMasker {
 }
 
 impl RowMasker {
+    /// Mask one whole DataRow frame. A row in which nothing changes (only scanned columns, and no
+    /// detector matched) is returned as is, without a copy: detectors cost a scan, not a rebuild.
+    pub fn mask_frame(&self, frame: &Bytes) -> Result<Bytes, MessageError> {
+        let body = frame.get(5..).unwrap_or_default();
+        let fields = parse_data_row(body)?;
+        let changes =
+            fields
+                .iter()
+                .zip(&self.actions)
+                .any(|(field, action)| match (field, action) {
+                    (Some(_), Some(Masking::Function(..))) => true,
+                    (Some(v), Some(Masking::Detect(..))) => self
+                        .detectors
+                        .as_ref()
+                        .is_some_and(|d| d.function_for(v).is_some()),
+                    _ => false,
+                });
+        if changes || fields.len() != self.actions.len() {
+            return self.mask(body);
+        }
+        Ok(frame.clone())
+    }
+
     /// Mask one DataRow *body* and return the new frame, written in one pass into one buffer.
     pub fn mask(&self, body: &[u8]) -> Result<Bytes, MessageError> {
         let fields = parse_data_row(body)?;
@@ -362,6 +385,35 @@ mod tests {
     }
 
     #[test]
+    fn rows_without_a_match_pass_unchanged_and_uncopied() {
+        let masker = detecting()
+            .for_columns(&[typed(25, 0), typed(23, 0)])
+            .unwrap();
+        let clean =
+            build_data_row([Some(&b"no pii here"[..]), Some(&b"7"[..])].into_iter(), 16).unwrap();
+        let out = masker.mask_frame(&clean).unwrap();
+        assert_eq!(out, clean);
+        assert_eq!(out.as_ptr(), clean.as_ptr());
+        let hit = build_data_row(
+            [Some(&b"a@example.com"[..]), Some(&b"7"[..])].into_iter(),
+            16,
+        )
+        .unwrap();
+        let out = masker.mask_frame(&hit).unwrap();
+        assert_eq!(
+            parse_data_row(&out[5..]).unwrap(),
+            vec![Some(&b"[email]"[..]), Some(&b"7"[..])]
+        );
+        // A masked column always rewrites; a malformed row is an error either way.
+        let masked = plan().for_columns(&[col(100, 3, 25)]).unwrap();
+        let row = build_data_row([Some(&b"a@b.io"[..])].into_iter(), 16).unwrap();
+        assert_ne!(masked.mask_frame(&row).unwrap(), row);
+        assert!(masker
+            .mask_frame(&Bytes::from_static(b"D\0\0\0\x06\0\x05"))
+            .is_err());
+    }
+
+    #[test]
     fn detected_arrays_become_empty_arrays_of_their_type() {
         let masker = detecting()
             .for_columns(&[typed(1009, 0), typed(1015, 1), typed(1009, 0)])
@@ -403,6 +455,13 @@ mod tests {
             if let Ok(frame) = masker.mask(&body) {
                 prop_assert!(parse_data_row(&frame[5..]).is_ok());
             }
+        }
+
+        #[test]
+        fn mask_frame_agrees_with_mask(values in proptest::collection::vec(proptest::option::of("[a-z0-9@. ()-]{0,24}"), 2..=2usize)) {
+            let masker = detecting().for_columns(&[typed(25, 0), col(100, 3, 25)]).unwrap();
+            let row = build_data_row(values.iter().map(|v| v.as_deref().map(str::as_bytes)), 64).unwrap();
+            prop_assert_eq!(masker.mask_frame(&row).unwrap(), masker.mask(&row[5..]).unwrap());
         }
 
         #[test]

@@ -19,6 +19,8 @@ class Dataplane:
         connect_timeout_s: float = 10.0,
         startup_timeout_s: float = 30.0,
         decision_timeout_s: float = 30.0,
+        audit_queue_size: int = 10_000,
+        audit_strict_timeout_s: float = 10.0,
     ) -> None: ...
     def start(self) -> str:
         """Bind and serve; returns the bound ``host:port``. Raises OSError when it cannot bind."""
@@ -29,6 +31,19 @@ class Dataplane:
         """Drain the queue: ``(request_id, kind, payload)`` with kind authenticate|decide|session_end."""
     def respond(self, request_id: int, answer: dict[str, Any]) -> bool:
         """Answer a request; False when nobody waits any more. ValueError on a malformed answer."""
+    def audit_wake_fd(self) -> int:
+        """Readable when audit records wait; read its bytes, then call :meth:`take_audit_events`."""
+    def take_audit_events(
+        self, max: int
+    ) -> list[
+        tuple[int, str, str, str, str, str, str, str, str | None, str, str | None, str]
+    ]:
+        """Up to ``max`` records: ``(ack, time, kind, session, identity, username, connection,
+        decision, class, statement, sqlstate, body)``."""
+    def audit_pending(self) -> int:
+        """Audit records waiting in the data plane's queue."""
+    def audit_ack(self, ids: list[int]) -> None:
+        """Strict mode: these records are committed; their statements may go upstream."""
     def invalidate(self) -> None:
         """Forget every cached decision."""
     def stats(self) -> dict[str, int]: ...

@@ -265,6 +265,8 @@ class StatementDecision:
     tables: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
     matched: list[str] = field(default_factory=list)
+    # The classes of each statement of the text, for the audit record of each part.
+    part_classes: list[str] = field(default_factory=list)
     # Strict masking: the text the data plane sends upstream instead of the client's.
     rewritten: str | None = None
     # Plans for the COPY … TO STDOUT statements of a masked session, in statement order: the data
@@ -699,7 +701,12 @@ class PolicyEngine:
             )
         state = opened.copy() if opened else SessionState(current, [current.search_path])
         pinned = state.grant.pinned
-        decision = StatementDecision("allow", "fingerprint", kinds=[a.kind for a in statements])
+        decision = StatementDecision(
+            "allow",
+            "fingerprint",
+            kinds=[a.kind for a in statements],
+            part_classes=[",".join(sorted(a.classes)) for a in statements],
+        )
         cache = CACHE_FINGERPRINT
         unqualified = False
         for i, a in enumerate(statements):

@@ -14,6 +14,7 @@ from control_plane.api import metrics
 from control_plane.api.app import create_app
 from control_plane.api.metrics import registry_for
 from control_plane.approvals.runtime import ApprovalsRuntime
+from control_plane.audit.pump import AuditPump
 from control_plane.audit.sink import SyslogSink
 from control_plane.audit.writer import AuditWriter
 from control_plane.config import ConfigError, Settings
@@ -66,6 +67,7 @@ def _tls_files(settings: Settings) -> tuple[str | None, str | None]:
 
 
 def start_dataplane(settings: Settings) -> Dataplane:
+    """Start the Rust data plane with the settings that shape it."""
     cert, key = _tls_files(settings)
     unknown = [name for name in settings.deny_statements if not is_node_name(name)]
     if unknown:
@@ -76,6 +78,8 @@ def start_dataplane(settings: Settings) -> Dataplane:
         key,
         allow_plaintext=settings.allow_plaintext,
         max_message_size=settings.max_message_size,
+        audit_queue_size=settings.audit_queue_size,
+        audit_strict_timeout_s=settings.audit_strict_timeout,
     )
     dataplane.start()
     return dataplane
@@ -93,6 +97,7 @@ async def serve(
     verifier = default_verifier(sessionmaker, settings)
     dataplane: Dataplane | None = None
     dispatcher: BridgeDispatcher | None = None
+    pump: AuditPump | None = None
     decisions: DecisionService | None = None
     api_server: _EmbeddedServer | None = None
     api_task: asyncio.Task[None] | None = None
@@ -105,6 +110,10 @@ async def serve(
         if proxy:
             dataplane = start_dataplane(settings)
             decisions = DecisionService(settings, sessionmaker, verifier, audit)
+            if audit.enabled:
+                pump = AuditPump(dataplane, audit)
+                pump.start()
+                decisions.before_session_end.append(pump.drain)
             # A policy change must reach open sessions on their next statement: drop cached decisions.
             decisions.on_policies_changed.append(dataplane.invalidate)
             await decisions.start()
@@ -155,6 +164,9 @@ async def serve(
             await decisions.stop()
         if dataplane is not None:
             dataplane.stop()
+        if pump is not None:
+            # The records of the sessions that just closed go in before the writer's last commit.
+            pump.stop()
         await audit.close()
         await engine.dispose()
 

@@ -174,6 +174,7 @@ class DecisionService:
             "enabled": True,
             "strict": self.audit.strict,
             "identity_json": canonical_body(identity_fields(identity)),
+            "username": identity.username,
             "client_addr": client_addr,
             "parameters": self.settings.audit_parameters,
             "policy_version": self.engine.version,
@@ -400,6 +401,7 @@ class DecisionService:
             "policy": None if rule else decision.policy,
             "rule": rule or decision.rule,
             "kinds": list(decision.kinds),
+            "classes": list(decision.part_classes),
             "policy_version": self.engine.version,
         }
 

@@ -4,6 +4,7 @@
 //! decision cache and relaying. Python makes the decisions the cache does not hold; it is reached
 //! through [`decide::bridge`], never called from a Rust thread.
 
+pub mod audit;
 pub mod backend;
 pub mod decide;
 pub mod frontend;

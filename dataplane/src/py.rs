@@ -15,6 +15,7 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
+use crate::audit::{AuditMeta, AuditQueue, AuditScope};
 use crate::backend::UpstreamTarget;
 use crate::decide::bridge::{Admission, Answer, Request};
 use crate::decide::types::{CachePolicy, Decision, Refusal, Scope};
@@ -48,7 +49,8 @@ impl Dataplane {
     #[pyo3(signature = (
         listen, tls_cert=None, tls_key=None, *, allow_plaintext=false,
         max_message_size=DEFAULT_MAX_MESSAGE, worker_threads=0, connect_timeout_s=10.0,
-        startup_timeout_s=30.0, decision_timeout_s=30.0,
+        startup_timeout_s=30.0, decision_timeout_s=30.0, audit_queue_size=10_000,
+        audit_strict_timeout_s=10.0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -61,6 +63,8 @@ impl Dataplane {
         connect_timeout_s: f64,
         startup_timeout_s: f64,
         decision_timeout_s: f64,
+        audit_queue_size: usize,
+        audit_strict_timeout_s: f64,
     ) -> PyResult<Self> {
         let tls = match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => Some(
@@ -84,9 +88,14 @@ impl Dataplane {
         };
         let bridge = Bridge::new(secs(decision_timeout_s, "decision_timeout_s")?)
             .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let audit = AuditQueue::new(
+            audit_queue_size,
+            secs(audit_strict_timeout_s, "audit_strict_timeout_s")?,
+        )
+        .map_err(|e| PyOSError::new_err(e.to_string()))?;
         Ok(Self {
             connect_timeout: config.connect_timeout,
-            gateway: Arc::new(Gateway::new(config, tls, Arc::new(bridge))),
+            gateway: Arc::new(Gateway::new(config, tls, Arc::new(bridge), Arc::new(audit))),
             runtime: Mutex::new(None),
             workers: Mutex::new(None),
             local_addr: Mutex::new(None),
@@ -206,12 +215,53 @@ impl Dataplane {
                     Answer::Decided {
                         decision: Decision::Deny(Arc::new(refusal)),
                         cache: CachePolicy::Never,
+                        audit: Arc::default(),
                     }
                 };
                 self.gateway.bridge.respond(request_id, fallback);
                 Err(e)
             }
         }
+    }
+
+    /// The file descriptor that becomes readable when audit records are waiting. Read and discard
+    /// its bytes, then call `take_audit_events`.
+    fn audit_wake_fd(&self) -> i32 {
+        self.gateway.audit.wake_fd()
+    }
+
+    /// Take up to `max` audit records: `(ack, time, kind, session, identity, username,
+    /// connection, decision, class, statement, sqlstate, body)` tuples.
+    #[allow(clippy::type_complexity)]
+    fn take_audit_events<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for e in self.gateway.audit.take(max) {
+            list.append((
+                e.ack,
+                e.time,
+                e.kind,
+                &*e.session,
+                &*e.identity,
+                &*e.username,
+                &*e.connection,
+                e.decision,
+                e.class.as_deref(),
+                e.statement,
+                e.sqlstate,
+                e.body,
+            ))?;
+        }
+        Ok(list)
+    }
+
+    /// Audit records waiting in the queue.
+    fn audit_pending(&self) -> usize {
+        self.gateway.audit.len()
+    }
+
+    /// These strict-mode records are committed: their statements may go upstream.
+    fn audit_ack(&self, ids: Vec<u64>) {
+        self.gateway.audit.ack(&ids);
     }
 
     /// Forget every cached decision (policies changed).
@@ -231,6 +281,7 @@ impl Dataplane {
     /// Stop listening and close every session.
     fn stop(&self, py: Python<'_>) {
         self.gateway.bridge.close();
+        self.gateway.audit.close();
         let runtime = self.runtime.lock().take();
         let workers = self.workers.lock().take();
         py.allow_threads(|| {
@@ -302,7 +353,11 @@ impl Dataplane {
             },
             other => other,
         };
-        Ok(Answer::Decided { decision, cache })
+        Ok(Answer::Decided {
+            decision,
+            cache,
+            audit: Arc::new(convert_audit_meta(answer)?),
+        })
     }
 
     fn convert_scope(&self, scope: &Bound<'_, PyDict>) -> PyResult<Scope> {
@@ -333,6 +388,7 @@ impl Dataplane {
             setup_sql: optional::<String>(scope, "setup_sql")?.filter(|s| !s.trim().is_empty()),
             mask_plan: Arc::new(convert_masks(scope)?),
             allow_function_call: optional::<bool>(scope, "allow_function_call")?.unwrap_or(false),
+            audit: Arc::new(convert_audit_scope(scope)?),
             upstream: UpstreamTarget {
                 host: required(upstream, "host")?.extract()?,
                 port: required(upstream, "port")?.extract()?,
@@ -346,6 +402,55 @@ impl Dataplane {
             },
         })
     }
+}
+
+/// `audit`: `{enabled, strict, identity_json, client_addr, parameters}`; absent means off.
+fn convert_audit_scope(scope: &Bound<'_, PyDict>) -> PyResult<AuditScope> {
+    let Some(audit) = scope.get_item("audit")?.filter(|a| !a.is_none()) else {
+        return Ok(AuditScope::default());
+    };
+    let audit = audit.downcast::<PyDict>()?;
+    let text = |key: &str| -> PyResult<Arc<str>> {
+        Ok(Arc::from(
+            optional::<String>(audit, key)?.unwrap_or_default(),
+        ))
+    };
+    Ok(AuditScope {
+        enabled: optional::<bool>(audit, "enabled")?.unwrap_or(false),
+        strict: optional::<bool>(audit, "strict")?.unwrap_or(false),
+        identity_json: text("identity_json")?,
+        subject: Arc::from(optional::<String>(scope, "identity")?.unwrap_or_default()),
+        username: text("username")?,
+        client_addr: text("client_addr")?,
+        parameters: optional::<bool>(audit, "parameters")?.unwrap_or(false),
+    })
+}
+
+/// A decision's `audit`: `{class, policy, rule, kinds, policy_version}` (all optional).
+fn convert_audit_meta(answer: &Bound<'_, PyDict>) -> PyResult<AuditMeta> {
+    let Some(audit) = answer.get_item("audit")?.filter(|a| !a.is_none()) else {
+        return Ok(AuditMeta::default());
+    };
+    let audit = audit.downcast::<PyDict>()?;
+    let text = |key: &str| -> PyResult<Option<Arc<str>>> {
+        Ok(optional::<String>(audit, key)?.map(Arc::from))
+    };
+    Ok(AuditMeta {
+        class: text("class")?,
+        policy: text("policy")?,
+        rule: text("rule")?,
+        kinds: optional::<Vec<String>>(audit, "kinds")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(Arc::from)
+            .collect(),
+        part_classes: optional::<Vec<String>>(audit, "classes")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(Arc::from)
+            .collect(),
+        policy_version: text("policy_version")?,
+    })
 }
 
 /// `masks`: `[{table_oid, attnum, function, text?, first?, last?}]`, `detectors`:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,31 @@ class AuditGateway:
                     return items
                 params["cursor"] = page["next_cursor"]
 
+    def session_events(self, marker: str, count: int) -> list[dict[str, Any]]:
+        """The statement records of the session that ran a statement containing `marker`, once
+        at least `count` of them are committed."""
+
+        def get() -> list[dict[str, Any]]:
+            found = self.events(kind="statement", q=marker)
+            if not found:
+                return []
+            events = self.events(kind="statement", session=found[0]["session"])
+            return events if len(events) >= count else []
+
+        events = wait_for(get)
+        assert events, f"no {count} statement records for the session of {marker!r}"
+        return list(events)
+
+
+def wait_for(get: Any, timeout: float = 20.0) -> Any:
+    """Poll until `get()` is truthy (records are committed in batches, asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
 
 def start_audit_gateway(
     base: Path, store_pg: LocalPostgres, target: TargetDatabase, **env: str
@@ -142,11 +168,13 @@ def start_audit_gateway(
     return AuditGateway(gw, r.stdout.strip(), store)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def audit_gateway(
     pg_base_dir: Path, store_pg: LocalPostgres, target_pg: TargetDatabase
 ) -> Iterator[AuditGateway]:
-    ag = start_audit_gateway(pg_base_dir / "audit-gateway", store_pg, target_pg)
+    ag = start_audit_gateway(
+        pg_base_dir / "audit-gateway", store_pg, target_pg, PGWARD_AUDIT_PARAMETERS="true"
+    )
     try:
         yield ag
     finally:

@@ -3,24 +3,11 @@ for admins and auditors only, filters like the contract says, and audits its own
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import httpx
 import psycopg
 import pytest
 
-from tests.audit.conftest import AuditGateway
-
-
-def wait_for(get: Any, timeout: float = 20.0) -> Any:
-    """Poll until `get()` is truthy (records are committed in batches, asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = get()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
+from tests.audit.conftest import AuditGateway, wait_for
 
 
 def test_session_start_and_end_carry_the_identity(audit_gateway: AuditGateway) -> None:

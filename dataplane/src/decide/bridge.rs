@@ -15,6 +15,8 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::types::{CachePolicy, Decision, Refusal, Scope};
+use crate::audit::AuditMeta;
+use std::sync::Arc;
 
 /// A question for the decision service.
 #[derive(Debug, Clone)]
@@ -62,6 +64,8 @@ pub enum Answer {
     Decided {
         decision: Decision,
         cache: CachePolicy,
+        /// Kept in a struct of its own next to the decision (cached with it).
+        audit: Arc<AuditMeta>,
     },
 }
 
@@ -175,7 +179,6 @@ impl Bridge {
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::sync::Arc;
 
     fn decide(id: u64) -> Request {
         Request::Decide {
@@ -209,7 +212,8 @@ mod tests {
                 id,
                 Answer::Decided {
                     decision: Decision::Allow,
-                    cache: CachePolicy::Never
+                    cache: CachePolicy::Never,
+                    audit: Arc::default(),
                 }
             ));
         }

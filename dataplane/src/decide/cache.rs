@@ -11,15 +11,25 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use super::types::{CachePolicy, Decision};
+use crate::audit::AuditMeta;
 
 /// Entries held in all scopes together before the cache starts over. Decisions are cheap to
 /// recompute, so a full clear keeps memory bounded without the bookkeeping of an LRU.
 const DEFAULT_CAPACITY: usize = 100_000;
 
+/// A cached decision with what the audit records of its statements say about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    pub decision: Decision,
+    pub audit: Arc<AuditMeta>,
+    /// The statement's fingerprint, so an exact-text hit need not compute it for the audit.
+    pub fingerprint: Option<u64>,
+}
+
 #[derive(Default)]
 struct ScopeEntries {
-    by_text: HashMap<Box<str>, Decision>,
-    by_fingerprint: HashMap<u64, Decision>,
+    by_text: HashMap<Box<str>, Cached>,
+    by_fingerprint: HashMap<u64, Cached>,
 }
 
 pub struct DecisionCache {
@@ -43,14 +53,14 @@ impl DecisionCache {
         }
     }
 
-    pub fn get_text(&self, scope: &str, sql: &str) -> Option<Decision> {
+    pub fn get_text(&self, scope: &str, sql: &str) -> Option<Cached> {
         self.scopes
             .read()
             .get(scope)
             .and_then(|s| s.by_text.get(sql).cloned())
     }
 
-    pub fn get_fingerprint(&self, scope: &str, fingerprint: u64) -> Option<Decision> {
+    pub fn get_fingerprint(&self, scope: &str, fingerprint: u64) -> Option<Cached> {
         self.scopes
             .read()
             .get(scope)
@@ -64,6 +74,7 @@ impl DecisionCache {
         fingerprint: Option<u64>,
         policy: CachePolicy,
         decision: &Decision,
+        audit: &Arc<AuditMeta>,
     ) {
         let mut scopes = self.scopes.write();
         if self.entries.load(Ordering::Relaxed) >= self.capacity {
@@ -82,12 +93,12 @@ impl DecisionCache {
         let added = match (policy, fingerprint) {
             (CachePolicy::Fingerprint, Some(fp)) => entries
                 .by_fingerprint
-                .insert(fp, decision.clone())
+                .insert(fp, cached(decision, audit, fingerprint))
                 .is_none(),
             // Without a fingerprint (the Rust parser failed) only the exact text can be reused.
             (CachePolicy::Fingerprint | CachePolicy::Text, _) => entries
                 .by_text
-                .insert(sql.into(), decision.clone())
+                .insert(sql.into(), cached(decision, audit, fingerprint))
                 .is_none(),
             (CachePolicy::Never, _) => false,
         };
@@ -111,6 +122,14 @@ impl DecisionCache {
     }
 }
 
+fn cached(decision: &Decision, audit: &Arc<AuditMeta>, fingerprint: Option<u64>) -> Cached {
+    Cached {
+        decision: decision.clone(),
+        audit: Arc::clone(audit),
+        fingerprint,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,13 +149,22 @@ mod tests {
             Some(7),
             CachePolicy::Fingerprint,
             &Decision::Allow,
+            &Arc::default(),
         );
         assert_eq!(
-            cache.get_fingerprint("alice:shop:1", 7),
+            cache.get_fingerprint("alice:shop:1", 7).map(|c| c.decision),
             Some(Decision::Allow)
         );
-        assert_eq!(cache.get_fingerprint("alice:shop:2", 7), None);
-        assert_eq!(cache.get_text("alice:shop:1", "select 1"), None);
+        assert_eq!(
+            cache.get_fingerprint("alice:shop:2", 7).map(|c| c.decision),
+            None
+        );
+        assert_eq!(
+            cache
+                .get_text("alice:shop:1", "select 1")
+                .map(|c| c.decision),
+            None
+        );
     }
 
     #[test]
@@ -149,10 +177,13 @@ mod tests {
             Some(9),
             CachePolicy::Text,
             &deny(),
+            &Arc::default(),
         );
-        assert_eq!(cache.get_fingerprint("s", 9), None);
+        assert_eq!(cache.get_fingerprint("s", 9).map(|c| c.decision), None);
         assert_eq!(
-            cache.get_text("s", "select set_config('role','x',false)"),
+            cache
+                .get_text("s", "select set_config('role','x',false)")
+                .map(|c| c.decision),
             Some(deny())
         );
         cache.insert(
@@ -161,8 +192,9 @@ mod tests {
             Some(10),
             CachePolicy::Never,
             &Decision::Allow,
+            &Arc::default(),
         );
-        assert_eq!(cache.get_text("s", "select 2"), None);
+        assert_eq!(cache.get_text("s", "select 2").map(|c| c.decision), None);
         assert_eq!(cache.len(), 1);
     }
 
@@ -177,9 +209,13 @@ mod tests {
             Some(5),
             CachePolicy::Fingerprint,
             &rewrite,
+            &Arc::default(),
         );
-        assert_eq!(cache.get_fingerprint("s", 5), None);
-        assert_eq!(cache.get_text("s", "select 1 from t"), Some(rewrite));
+        assert_eq!(cache.get_fingerprint("s", 5).map(|c| c.decision), None);
+        assert_eq!(
+            cache.get_text("s", "select 1 from t").map(|c| c.decision),
+            Some(rewrite)
+        );
     }
 
     #[test]
@@ -187,7 +223,14 @@ mod tests {
         let cache = DecisionCache::with_capacity(10);
         let a: Arc<str> = Arc::from("s");
         for i in 0..25u64 {
-            cache.insert(&a, "x", Some(i), CachePolicy::Fingerprint, &Decision::Allow);
+            cache.insert(
+                &a,
+                "x",
+                Some(i),
+                CachePolicy::Fingerprint,
+                &Decision::Allow,
+                &Arc::default(),
+            );
         }
         assert!(cache.len() <= 10);
     }

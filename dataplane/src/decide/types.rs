@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::audit::AuditScope;
 use crate::backend::UpstreamTarget;
 use crate::mask::{CopyPlan, MaskPlan};
 
@@ -73,4 +74,6 @@ pub struct Scope {
     pub mask_plan: Arc<MaskPlan>,
     /// Whether FunctionCall (fastpath, by function OID) messages may pass; off unless a policy says.
     pub allow_function_call: bool,
+    /// What the session's audit records say about it, and whether there are any.
+    pub audit: Arc<AuditScope>,
 }

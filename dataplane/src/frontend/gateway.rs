@@ -8,6 +8,7 @@ use std::time::Duration;
 use rustls::ServerConfig;
 
 use super::cancel::CancelRegistry;
+use crate::audit::AuditQueue;
 use crate::decide::{Bridge, DecisionCache};
 
 #[derive(Debug, Clone)]
@@ -56,6 +57,7 @@ pub struct Gateway {
     pub config: GatewayConfig,
     pub tls: Option<Arc<ServerConfig>>,
     pub bridge: Arc<Bridge>,
+    pub audit: Arc<AuditQueue>,
     pub cache: DecisionCache,
     pub cancels: CancelRegistry,
     pub stats: Stats,
@@ -63,11 +65,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: GatewayConfig, tls: Option<Arc<ServerConfig>>, bridge: Arc<Bridge>) -> Self {
+    pub fn new(
+        config: GatewayConfig,
+        tls: Option<Arc<ServerConfig>>,
+        bridge: Arc<Bridge>,
+        audit: Arc<AuditQueue>,
+    ) -> Self {
         Self {
             config,
             tls,
             bridge,
+            audit,
             cache: DecisionCache::default(),
             cancels: CancelRegistry::default(),
             stats: Stats::default(),

@@ -17,12 +17,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::gateway::Gateway;
 use super::masking::{Action, ClientSide, Expectations, ServerSide};
+use crate::audit::record::ScopeRef;
+use crate::audit::tracker::{
+    self, ClientTrack, Completion, Parameters, Pending, Prepared, ResultState, Tracker, Verdict,
+};
+use crate::audit::{AuditMeta, Event};
 use crate::decide::bridge::{Answer, Request};
 use crate::decide::types::{Decision, Refusal, Scope};
 use crate::mask::CopyPlan;
 use crate::net::framing::{peek_header, FrameError, Header};
 use crate::net::messages::{
-    build_error, build_parse, build_query, parse_parse, parse_query, ErrorFields,
+    build_error, build_parse, build_query, parse_parse, parse_query, parse_row_description, Cursor,
+    ErrorFields,
 };
 use crate::net::sqlstate;
 
@@ -45,6 +51,8 @@ pub enum End {
     ServerProtocol(String),
     /// A result could not be masked: the session ends rather than relay it.
     MaskingFailed(String),
+    /// Strict audit mode: a statement's record could not be committed, so it was not run.
+    AuditUnavailable(String),
     Io(std::io::Error),
 }
 
@@ -66,6 +74,24 @@ struct Shared {
     marker: String,
     /// Responses the server owes, for row shapes (only used when the session masks).
     expect: Expectations,
+    /// Statements whose answers are awaited, for their audit records.
+    audit: Tracker,
+}
+
+/// A statement's decision with what its audit record needs.
+struct Decided {
+    decision: Decision,
+    audit: Arc<AuditMeta>,
+    fingerprint: Option<u64>,
+}
+
+/// How a Query or Parse was decided, for its audit records.
+struct Audited<'f> {
+    verdict: Verdict,
+    audit: Arc<AuditMeta>,
+    fingerprint: Option<u64>,
+    sql: &'f str,
+    parse_name: Option<&'f str>,
 }
 
 pub struct Relay<'a> {
@@ -78,11 +104,12 @@ pub struct Relay<'a> {
 }
 
 /// What to forward for a decided Query or Parse.
-struct Forward {
+struct Forward<'f> {
     /// A substitute statement (a denial) instead of the client's.
     substitute: Option<Bytes>,
     /// The plans of the Query's `COPY … TO STDOUT` statements.
     copies: Option<Arc<[CopyPlan]>>,
+    audited: Audited<'f>,
 }
 
 fn make_marker() -> String {
@@ -106,6 +133,7 @@ impl<'a> Relay<'a> {
                 denial_count: AtomicUsize::new(0),
                 marker: make_marker(),
                 expect: Expectations::default(),
+                audit: Tracker::default(),
             },
             client_encoding: "UTF8".to_owned(),
         }
@@ -148,27 +176,30 @@ impl<'a> Relay<'a> {
     {
         let max = self.gw.config.max_message_size;
         let masking = !self.scope.mask_plan.is_empty();
+        let auditing = self.scope.audit.enabled;
         let mut shapes = ClientSide::default();
+        let mut track = ClientTrack::default();
         let mut walker = Walker::default();
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         loop {
             let mut run = 0usize;
             let mut terminate = false;
             loop {
-                let header = match walker.next(&buf, &mut run, max) {
+                let header = match walker.next(&buf, &mut run, max, &mut |_| {}) {
                     Ok(Some(h)) => h,
                     Ok(None) => break,
                     Err(e) => return End::ClientProtocol(frame_error_text(&e)),
                 };
                 let rest = buf.get(run..).unwrap_or_default();
                 let tag = header.tag;
-                let whole =
-                    matches!(tag, b'Q' | b'P' | b'F') || (masking && ClientSide::inspects(tag));
+                let whole = matches!(tag, b'Q' | b'P' | b'F')
+                    || (masking && ClientSide::inspects(tag))
+                    || (auditing && matches!(tag, b'B' | b'E' | b'C'));
                 if !whole {
                     if matches!(tag, b'S' | b'F') {
                         self.shared.segments_sent.fetch_add(1, Ordering::AcqRel);
                     }
-                    walker.pass(header, rest.len(), &mut run);
+                    walker.pass(header, rest.len(), &mut run, false);
                     if tag == b'X' {
                         terminate = true;
                         break;
@@ -186,15 +217,27 @@ impl<'a> Relay<'a> {
                 let frame = buf.split_to(header.len).freeze();
                 let mut copies = None;
                 let forward = if tag == b'F' && !self.scope.allow_function_call {
-                    self.refuse_function_call()
+                    self.refuse_function_call(auditing)
                 } else if matches!(tag, b'Q' | b'P') {
-                    match self.statement(&frame).await {
-                        Ok(decided) => {
-                            copies = decided.copies;
-                            decided.substitute.unwrap_or(frame)
-                        }
+                    let decided = match self.statement(&frame).await {
+                        Ok(d) => d,
                         Err(reason) => return End::ClientProtocol(reason),
+                    };
+                    if auditing {
+                        if let Err(end) = self
+                            .audit_statement(tag, &decided.audited, &mut track)
+                            .await
+                        {
+                            return end;
+                        }
                     }
+                    copies = decided.copies;
+                    decided.substitute.unwrap_or(frame)
+                } else if auditing && matches!(tag, b'B' | b'E' | b'C') {
+                    if let Err(end) = self.audit_extended(tag, &frame, &mut track).await {
+                        return end;
+                    }
+                    frame
                 } else {
                     frame
                 };
@@ -238,7 +281,7 @@ impl<'a> Relay<'a> {
 
     /// Decide a Query or Parse frame: forward it unchanged (with COPY plans), or send a substitute
     /// instead (a denial, or the rewritten statement).
-    async fn statement(&self, frame: &Bytes) -> Result<Forward, String> {
+    async fn statement<'f>(&self, frame: &'f Bytes) -> Result<Forward<'f>, String> {
         let tag = frame.first().copied().unwrap_or_default();
         let body = frame.get(5..).unwrap_or_default();
         let (sql, parse) = if tag == b'Q' {
@@ -251,9 +294,20 @@ impl<'a> Relay<'a> {
             (p.sql, Some((p.name, p.param_types)))
         };
         let parse_name = parse.as_ref().map(|(name, _)| *name);
-        let decision = self
+        let Decided {
+            decision,
+            audit,
+            fingerprint,
+        } = self
             .decide(sql, if tag == b'Q' { "query" } else { "parse" })
             .await;
+        let audited = |verdict: Verdict| Audited {
+            verdict,
+            audit,
+            fingerprint,
+            sql,
+            parse_name,
+        };
         let rewritten = |text: &str| match &parse {
             None => build_query(text),
             // Same statement name and parameter types: Bind, Describe and Execute that follow
@@ -265,6 +319,7 @@ impl<'a> Relay<'a> {
                 return Ok(Forward {
                     substitute: None,
                     copies: None,
+                    audited: audited(Verdict::Allow),
                 })
             }
             Decision::Rewrite(text) => {
@@ -272,6 +327,7 @@ impl<'a> Relay<'a> {
                 return Ok(Forward {
                     substitute: Some(rewritten(&text)),
                     copies: None,
+                    audited: audited(Verdict::Rewritten),
                 });
             }
             Decision::AllowCopy { plans, rewrite } => {
@@ -280,9 +336,15 @@ impl<'a> Relay<'a> {
                         if rewrite.is_some() {
                             self.gw.stats.rewrites.fetch_add(1, Ordering::Relaxed);
                         }
+                        let verdict = if rewrite.is_some() {
+                            Verdict::Rewritten
+                        } else {
+                            Verdict::Allow
+                        };
                         return Ok(Forward {
                             substitute: rewrite.as_deref().map(rewritten),
                             copies: Some(plans),
+                            audited: audited(verdict),
                         });
                     }
                     Some(refusal) => Arc::new(refusal),
@@ -290,7 +352,7 @@ impl<'a> Relay<'a> {
             }
             Decision::Deny(refusal) => refusal,
         };
-        self.record_denial(refusal);
+        self.record_denial(Arc::clone(&refusal));
         let substitute = match parse_name {
             None => build_query(&self.shared.marker),
             Some(name) => build_parse(name, &self.shared.marker, &[]),
@@ -298,6 +360,7 @@ impl<'a> Relay<'a> {
         Ok(Forward {
             substitute: Some(substitute),
             copies: None,
+            audited: audited(Verdict::Deny(refusal)),
         })
     }
 
@@ -329,6 +392,151 @@ impl<'a> Relay<'a> {
         None
     }
 
+    fn audit_scope(&self) -> ScopeRef<'_> {
+        ScopeRef {
+            session: &self.scope.session_uuid,
+            connection: &self.scope.connection,
+            audit: &self.scope.audit,
+        }
+    }
+
+    /// Before a statement goes upstream: wait while the audit queue is full (back-pressure), and
+    /// in strict mode until its intent record is committed.
+    async fn admit(&self, intent: Option<&Pending>) -> Result<(), End> {
+        self.gw.audit.wait_for_room().await;
+        if let (true, Some(p)) = (self.scope.audit.strict, intent) {
+            let record = tracker::intent(p, &self.audit_scope());
+            if let Err(e) = self.gw.audit.push_durable(record).await {
+                return Err(End::AuditUnavailable(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The records a decided Query or Parse will produce.
+    async fn audit_statement(
+        &self,
+        tag: u8,
+        st: &Audited<'_>,
+        track: &mut ClientTrack,
+    ) -> Result<(), End> {
+        let segment = self.shared.segments_sent.load(Ordering::Acquire);
+        let d = st;
+        let verdict = st.verdict.clone();
+        if tag == b'P' {
+            let name = st.parse_name.unwrap_or_default();
+            if let Verdict::Deny(_) = verdict {
+                track.parsed(name, None);
+                let p = Pending::new(
+                    segment,
+                    "parse",
+                    Arc::from(st.sql),
+                    d.fingerprint,
+                    Arc::clone(&d.audit),
+                    verdict,
+                );
+                self.shared.audit.push(p);
+            } else {
+                track.parsed(
+                    name,
+                    Some(Prepared {
+                        text: Arc::from(st.sql),
+                        fingerprint: d.fingerprint,
+                        meta: Arc::clone(&d.audit),
+                        rewritten: matches!(verdict, Verdict::Rewritten),
+                    }),
+                );
+            }
+            return Ok(());
+        }
+        if st.sql.trim().is_empty() {
+            return Ok(());
+        }
+        if let Verdict::Deny(_) = verdict {
+            self.shared.audit.push(Pending::new(
+                segment,
+                "query",
+                Arc::from(st.sql),
+                d.fingerprint,
+                Arc::clone(&d.audit),
+                verdict,
+            ));
+            return Ok(());
+        }
+        let whole = Pending::new(
+            segment,
+            "query",
+            Arc::from(st.sql),
+            d.fingerprint,
+            Arc::clone(&d.audit),
+            verdict.clone(),
+        );
+        self.admit(Some(&whole)).await?;
+        let parts = tracker::parts(st.sql, d.audit.kinds.len());
+        if parts.len() == 1 {
+            let mut p = whole;
+            p.part_kind = d.audit.kinds.first().cloned();
+            self.shared.audit.push(p);
+            return Ok(());
+        }
+        for (i, part) in parts.into_iter().enumerate() {
+            let fingerprint = pg_query::fingerprint(part).ok().map(|f| f.value);
+            let mut p = Pending::new(
+                segment,
+                "query",
+                Arc::from(part),
+                fingerprint,
+                Arc::clone(&d.audit),
+                verdict.clone(),
+            );
+            p.part_kind = d.audit.kinds.get(i).cloned();
+            p.part_class = d.audit.part_classes.get(i).cloned();
+            self.shared.audit.push(p);
+        }
+        Ok(())
+    }
+
+    /// Bind, Execute and Close of the extended protocol: which prepared statement each Execute runs.
+    async fn audit_extended(
+        &self,
+        tag: u8,
+        frame: &Bytes,
+        track: &mut ClientTrack,
+    ) -> Result<(), End> {
+        let body = frame.get(5..).unwrap_or_default();
+        let result = match tag {
+            b'B' => {
+                let parameters =
+                    match (self.scope.audit.parameters, self.scope.mask_plan.is_empty()) {
+                        (false, _) => Parameters::Skip,
+                        (true, true) => Parameters::Record,
+                        (true, false) => Parameters::Masked,
+                    };
+                track.bind(body, parameters)
+            }
+            b'E' => {
+                let segment = self.shared.segments_sent.load(Ordering::Acquire);
+                match track.execute(body, segment) {
+                    Ok(Some(p)) => {
+                        self.admit(Some(&p)).await?;
+                        self.shared.audit.push(p);
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => track.close(body),
+        };
+        result.map_err(|e| End::ClientProtocol(format!("malformed message: {e}")))
+    }
+
+    fn emit(&self, events: Vec<Event>) {
+        for e in events {
+            self.gw.audit.push(e);
+        }
+    }
+
     fn record_denial(&self, refusal: Arc<Refusal>) {
         self.gw.stats.denials.fetch_add(1, Ordering::Relaxed);
         let segment = self.shared.segments_sent.load(Ordering::Acquire);
@@ -343,36 +551,53 @@ impl<'a> Relay<'a> {
     /// (it can call `pg_read_file` as well as `lo_open`), so it is refused unless the scope allows
     /// it. The substitute Query makes the server answer ErrorResponse + ReadyForQuery, which is
     /// what a client of a failed FunctionCall expects.
-    fn refuse_function_call(&self) -> Bytes {
+    fn refuse_function_call(&self, auditing: bool) -> Bytes {
         let mut refusal = Refusal::new(
             sqlstate::INSUFFICIENT_PRIVILEGE,
             "the fastpath function call protocol is not allowed through pgward",
         );
         refusal.hint =
             Some("call the function with SELECT instead, where policies can see it".into());
-        self.record_denial(Arc::new(refusal));
+        let refusal = Arc::new(refusal);
+        if auditing {
+            self.shared.audit.push(Pending::new(
+                self.shared.segments_sent.load(Ordering::Acquire),
+                "function_call",
+                Arc::from("(fastpath FunctionCall)"),
+                None,
+                Arc::default(),
+                Verdict::Deny(Arc::clone(&refusal)),
+            ));
+        }
+        self.record_denial(refusal);
         build_query(&self.shared.marker)
     }
 
-    async fn decide(&self, sql: &str, source: &'static str) -> Decision {
+    async fn decide(&self, sql: &str, source: &'static str) -> Decided {
         let gw = self.gw;
         gw.stats.statements.fetch_add(1, Ordering::Relaxed);
+        let decided =
+            |decision: Decision, audit: Arc<AuditMeta>, fingerprint: Option<u64>| Decided {
+                decision,
+                audit,
+                fingerprint,
+            };
         if sql.trim().is_empty() {
             // Nothing runs; the server answers EmptyQueryResponse.
-            return Decision::Allow;
+            return decided(Decision::Allow, Arc::default(), None);
         }
         let scope_key = &self.scope.scope_key;
-        if let Some(d) = gw.cache.get_text(scope_key, sql) {
+        if let Some(c) = gw.cache.get_text(scope_key, sql) {
             gw.stats.cache_hits_text.fetch_add(1, Ordering::Relaxed);
-            return d;
+            return decided(c.decision, c.audit, c.fingerprint);
         }
         let fingerprint = pg_query::fingerprint(sql).ok().map(|f| f.value);
         if let Some(fp) = fingerprint {
-            if let Some(d) = gw.cache.get_fingerprint(scope_key, fp) {
+            if let Some(c) = gw.cache.get_fingerprint(scope_key, fp) {
                 gw.stats
                     .cache_hits_fingerprint
                     .fetch_add(1, Ordering::Relaxed);
-                return d;
+                return decided(c.decision, c.audit, fingerprint);
             }
         }
         gw.stats.python_decisions.fetch_add(1, Ordering::Relaxed);
@@ -384,15 +609,21 @@ impl<'a> Relay<'a> {
             source,
         };
         match gw.bridge.ask(request).await {
-            Ok(Answer::Decided { decision, cache }) => {
+            Ok(Answer::Decided {
+                decision,
+                cache,
+                audit,
+            }) => {
                 gw.cache
-                    .insert(scope_key, sql, fingerprint, cache, &decision);
-                decision
+                    .insert(scope_key, sql, fingerprint, cache, &decision, &audit);
+                decided(decision, audit, fingerprint)
             }
-            Ok(Answer::Authenticated(_)) => {
-                fail_closed("the decision service answered the wrong question")
-            }
-            Err(e) => fail_closed(&e.to_string()),
+            Ok(Answer::Authenticated(_)) => decided(
+                fail_closed("the decision service answered the wrong question"),
+                Arc::default(),
+                fingerprint,
+            ),
+            Err(e) => decided(fail_closed(&e.to_string()), Arc::default(), fingerprint),
         }
     }
 
@@ -408,20 +639,27 @@ impl<'a> Relay<'a> {
             max,
             &self.client_encoding,
         );
+        let auditing = self.scope.audit.enabled;
+        let mut result = ResultState::default();
         let mut walker = Walker::default();
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
         let mut fatal_sent = false;
         loop {
             let mut run = 0usize;
             loop {
-                let header = match walker.next(&buf, &mut run, SERVER_MAX_MESSAGE) {
+                // The rest of a DataRow or CopyData passing through goes into the result digest.
+                let header = match walker.next(&buf, &mut run, SERVER_MAX_MESSAGE, &mut |bytes| {
+                    result.bytes(bytes);
+                }) {
                     Ok(Some(h)) => h,
                     Ok(None) => break,
                     Err(e) => return End::ServerProtocol(frame_error_text(&e)),
                 };
                 let rest = buf.get(run..).unwrap_or_default();
                 let tag = header.tag;
-                let whole = tag == b'E' || (masking && shapes.inspects_now(tag));
+                let whole = tag == b'E'
+                    || (masking && shapes.inspects_now(tag))
+                    || (auditing && matches!(tag, b'C' | b'I' | b's'));
                 if whole && tag == b'd' && header.len > max {
                     // CopyData being rewritten is held whole: bound it like client messages.
                     let _ = write_segments(client, &mut out).await;
@@ -432,6 +670,10 @@ impl<'a> Relay<'a> {
                 }
                 if tag == b'Z' && rest.len() >= header.len {
                     self.ready_for_query();
+                    if auditing {
+                        let done = self.shared.segments_done.load(Ordering::Acquire);
+                        self.emit(self.shared.audit.segment_done(done, &self.audit_scope()));
+                    }
                 }
                 if !whole {
                     if tag == b'Z' && rest.len() < header.len {
@@ -439,7 +681,15 @@ impl<'a> Relay<'a> {
                         buf.reserve(header.len - rest.len());
                         break;
                     }
-                    walker.pass(header, rest.len(), &mut run);
+                    let digested = auditing && matches!(tag, b'D' | b'd');
+                    if digested {
+                        if tag == b'D' {
+                            result.data_row();
+                        }
+                        let have = rest.len().min(header.len);
+                        result.bytes(rest.get(..have).unwrap_or_default());
+                    }
+                    walker.pass(header, rest.len(), &mut run, digested);
                     continue;
                 }
                 if rest.len() < header.len {
@@ -451,6 +701,13 @@ impl<'a> Relay<'a> {
                     run = 0;
                 }
                 let frame = buf.split_to(header.len).freeze();
+                if auditing {
+                    self.audit_answer(tag, &frame, &mut result);
+                    if !masking && tag != b'E' {
+                        out.push(frame);
+                        continue;
+                    }
+                }
                 if tag == b'E' {
                     let fields = ErrorFields::parse(frame.get(5..).unwrap_or_default()).ok();
                     if let Some(f) = &fields {
@@ -471,9 +728,28 @@ impl<'a> Relay<'a> {
                         continue;
                     }
                 }
+                if auditing && tag == b'T' {
+                    result.masked = self.masked_columns(&frame);
+                }
                 match shapes.on_message(&self.shared.expect, tag, &frame) {
-                    Ok(Action::Forward) => out.push(frame),
-                    Ok(Action::Replace(masked)) => out.push(masked),
+                    Ok(Action::Forward) => {
+                        if auditing && matches!(tag, b'D' | b'd') {
+                            if tag == b'D' {
+                                result.data_row();
+                            }
+                            result.bytes(&frame);
+                        }
+                        out.push(frame);
+                    }
+                    Ok(Action::Replace(masked)) => {
+                        if auditing && matches!(tag, b'D' | b'd') {
+                            if tag == b'D' {
+                                result.data_row();
+                            }
+                            result.bytes(&masked);
+                        }
+                        out.push(masked);
+                    }
                     Ok(Action::Swallow) => {}
                     Err(reason) => {
                         // Whatever is already masked goes out; the unmaskable result does not.
@@ -497,6 +773,48 @@ impl<'a> Relay<'a> {
                 Err(e) => return End::Io(e),
             }
         }
+    }
+
+    /// A server message that ends a statement completes its audit record.
+    fn audit_answer(&self, tag: u8, frame: &Bytes, result: &mut ResultState) {
+        let body = frame.get(5..).unwrap_or_default();
+        let segment = self.shared.segments_done.load(Ordering::Acquire);
+        let scope = self.audit_scope();
+        let events = match tag {
+            b'C' => {
+                let text = Cursor::new(body).read_cstr().unwrap_or_default();
+                self.shared
+                    .audit
+                    .complete(segment, &Completion::Command(text), result, &scope)
+            }
+            b'I' => self
+                .shared
+                .audit
+                .complete(segment, &Completion::Empty, result, &scope),
+            b's' => self
+                .shared
+                .audit
+                .complete(segment, &Completion::Suspended, result, &scope),
+            b'E' => {
+                let fields = ErrorFields::parse(body).ok();
+                let code = fields
+                    .as_ref()
+                    .and_then(ErrorFields::sqlstate)
+                    .unwrap_or("XX000");
+                self.shared
+                    .audit
+                    .complete(segment, &Completion::Error(code), result, &scope)
+            }
+            _ => return,
+        };
+        self.emit(events);
+    }
+
+    /// Names of the masked columns of a RowDescription (masked sessions only).
+    fn masked_columns(&self, frame: &Bytes) -> Option<Arc<[String]>> {
+        let columns = parse_row_description(frame.get(5..).unwrap_or_default()).ok()?;
+        let names = self.scope.mask_plan.masked_names(&columns);
+        (!names.is_empty()).then(|| Arc::from(names))
     }
 
     /// Every segment up to this ReadyForQuery is finished: substitutes in it that the server
@@ -542,6 +860,8 @@ impl<'a> Relay<'a> {
 struct Walker {
     /// Bytes of a passing message still to come.
     streaming: usize,
+    /// Whether the caller sees the rest of the passing message (`next`'s `seen`).
+    watched: bool,
 }
 
 impl Walker {
@@ -552,9 +872,13 @@ impl Walker {
         buf: &[u8],
         run: &mut usize,
         max: usize,
+        seen: &mut dyn FnMut(&[u8]),
     ) -> Result<Option<Header>, FrameError> {
         if self.streaming > 0 {
             let n = self.streaming.min(buf.len() - *run);
+            if self.watched {
+                seen(buf.get(*run..*run + n).unwrap_or_default());
+            }
             *run += n;
             self.streaming -= n;
             if self.streaming > 0 {
@@ -565,10 +889,11 @@ impl Walker {
     }
 
     /// Let the message at `run` pass uninspected; `available` bytes of it are in the buffer.
-    fn pass(&mut self, header: Header, available: usize, run: &mut usize) {
+    fn pass(&mut self, header: Header, available: usize, run: &mut usize, watched: bool) {
         let have = available.min(header.len);
         *run += have;
         self.streaming = header.len - have;
+        self.watched = watched;
     }
 }
 

@@ -342,6 +342,18 @@ async fn relay_session(
             let _ = server_write.shutdown().await;
             format!("masking failed: {reason}")
         }
+        End::AuditUnavailable(reason) => {
+            fatal(
+                &mut client_write,
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "pgward did not run the statement: its audit record could not be committed (strict audit mode)",
+                Some(&reason),
+                Some("the audit store may be down or slow; reconnect and retry, or tell the pgward operator"),
+            )
+            .await;
+            let _ = server_write.shutdown().await;
+            format!("audit unavailable: {reason}")
+        }
         End::Io(e) => format!("I/O error: {e}"),
     }
 }

@@ -51,6 +51,16 @@ impl MaskPlan {
         self.columns.is_empty() && self.detectors.is_none()
     }
 
+    /// The names of the columns of a result shape that this plan masks by their origin (for the
+    /// audit; columns scanned by detectors are not named).
+    pub fn masked_names(&self, columns: &[Column]) -> Vec<String> {
+        columns
+            .iter()
+            .filter(|c| self.columns.contains_key(&(c.table_oid, c.attnum)))
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     /// The masker for one result shape; `None` when no column of it is masked or scanned.
     pub fn for_columns(&self, columns: &[Column]) -> Option<RowMasker> {
         if self.is_empty() {

@@ -426,7 +426,8 @@ fn convert_audit_scope(scope: &Bound<'_, PyDict>) -> PyResult<AuditScope> {
     })
 }
 
-/// A decision's `audit`: `{class, policy, rule, kinds, policy_version}` (all optional).
+/// A decision's `audit`: `{class, classes, policy, rule, kinds, policy_version, approval}` (all
+/// optional).
 fn convert_audit_meta(answer: &Bound<'_, PyDict>) -> PyResult<AuditMeta> {
     let Some(audit) = answer.get_item("audit")?.filter(|a| !a.is_none()) else {
         return Ok(AuditMeta::default());
@@ -450,6 +451,7 @@ fn convert_audit_meta(answer: &Bound<'_, PyDict>) -> PyResult<AuditMeta> {
             .map(Arc::from)
             .collect(),
         policy_version: text("policy_version")?,
+        approval: text("approval")?,
     })
 }
 

@@ -45,4 +45,6 @@ pub struct AuditMeta {
     /// The classes of each statement of the text (comma-separated), for each part's record.
     pub part_classes: Vec<Arc<str>>,
     pub policy_version: Option<Arc<str>>,
+    /// The approval (review) that let the statement run, when one did.
+    pub approval: Option<Arc<str>>,
 }

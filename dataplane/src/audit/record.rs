@@ -159,7 +159,8 @@ pub fn decision_fields(
         .opt_str("statement_kind", part_kind)
         .opt_str("policy", meta.policy.as_deref())
         .opt_str("rule", meta.rule.as_deref())
-        .opt_str("policy_version", meta.policy_version.as_deref());
+        .opt_str("policy_version", meta.policy_version.as_deref())
+        .opt_str("approval", meta.approval.as_deref());
 }
 
 /// What a record needs from the session's scope.

@@ -389,26 +389,35 @@ class Analyzer:
         if not with_clause:
             return scope
         recursive = bool(with_clause.get("recursive"))
+        items: list[tuple[str, list[str], dict[str, Any]]] = []
         for item in with_clause.get("ctes") or ():
             cte = item.get("CommonTableExpr", {})
-            name = cte.get("ctename", "")
             aliases = [n for n in _names(cte.get("aliascolnames")) if n is not None]
-            query = cte.get("ctequery") or {}
-            if recursive:
-                # The recursive term refers to the CTE itself: iterate until its columns stop changing.
-                scope.ctes[name] = None
-                outputs: list[tuple[str, Col]] = []
-                for _ in range(6):
-                    outputs = _rename(self.query(query, scope), aliases)
-                    previous = scope.ctes[name]
-                    scope.ctes[name] = [
-                        (n, c.derived("a recursive query") if c.taint else c) for n, c in outputs
-                    ]
-                    if previous == scope.ctes[name]:
-                        break
-                scope.ctes[name] = outputs
-            else:
+            items.append((cte.get("ctename", ""), aliases, cte.get("ctequery") or {}))
+        if not recursive:
+            # Each CTE sees the ones before it only.
+            for name, aliases, query in items:
                 scope.ctes[name] = _rename(self.query(query, scope), aliases)
+            return scope
+        # WITH RECURSIVE: every CTE of the list sees every other (forward references too) and itself.
+        # Iterate until their columns stop changing (taints only grow, origins only go).
+        for name, _aliases, _query in items:
+            scope.ctes[name] = None
+        finals: dict[str, list[tuple[str, Col]]] = {}
+        for _ in range(len(items) + 6):
+            changed = False
+            for name, aliases, query in items:
+                outputs = _rename(self.query(query, scope), aliases)
+                finals[name] = outputs
+                seen = [(n, c.derived("a recursive query") if c.taint else c) for n, c in outputs]
+                if scope.ctes[name] != seen:
+                    scope.ctes[name] = seen
+                    changed = True
+            if not changed:
+                break
+        else:
+            raise Leak("pgward could not follow the columns of this WITH RECURSIVE query; simplify it")
+        scope.ctes.update(finals)
         return scope
 
     def select(self, body: dict[str, Any], parent: Scope | None) -> list[tuple[str, Col]]:

@@ -329,6 +329,10 @@ class _TargetReads:
             exprs = returning.exprs or ()
             ret_level = level + [_Source(a, frozenset(self.target.rel.columns), None, True) for a in aliases]
             for res in exprs:
+                top = res.val if isinstance(res, ast.ResTarget) else None
+                if isinstance(top, ast.ColumnRef) and top.fields and isinstance(top.fields[-1], ast.A_Star):
+                    # `RETURNING *` / `c.*`: plain columns, masked by origin in the data plane.
+                    continue
                 if isinstance(res, ast.ResTarget):
                     before = res.val
                     res.val = self.expr(res.val, [ret_level])

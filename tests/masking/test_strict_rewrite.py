@@ -274,3 +274,26 @@ def test_engine_answers_rewrite_and_allows_functions_over_strict_columns() -> No
     # What the rewriter cannot make safe is refused.
     d = eng.decide(who, "shop", 1, "delete from shop.customers c where c = c")
     assert d.action == "deny" and d.sqlstate == "42501"
+
+
+def test_recursive_with_forward_references_are_followed() -> None:
+    """In WITH RECURSIVE a CTE may name a later one. Leak analysis must see that `customers` inside
+    `a` is the CTE (clear ssn renamed to email), not the table whose email is strict."""
+    eng, grant = engine()
+    sql = (
+        "with recursive a as (select lower(t.email) as v from customers t), "
+        "customers as (select ssn as email from shop.customers) select v from a"
+    )
+    d = eng.decide(grant.identity, "shop", 1, sql)
+    assert d.action == "deny" and "ssn" in (d.message or ""), d.explain()
+    # The rewriter agrees that `customers` is the CTE there, and rewrites the table inside it.
+    out = rw(sql)
+    assert out is not None and out.count(SUB) == 1
+    assert "FROM customers AS t" in out
+
+
+def test_returning_star_of_a_strict_target() -> None:
+    out = rw("delete from shop.customers c where id = 1 returning c.*, email")
+    assert out is not None and out.startswith("DELETE FROM shop.customers AS c WHERE id = 1 RETURNING c.*, ")
+    out = rw("update shop.customers set name = 'x' where id = 1 returning old.email, new.phone")
+    assert out is not None and "CASE WHEN old.email IS NULL" in out and "CASE WHEN new.phone IS NULL" in out

@@ -344,6 +344,8 @@ class _TargetReads:
     def _sources(self, item: Any) -> list[_Source]:
         if isinstance(item, ast.RangeVar):
             name = (item.alias.aliasname if item.alias else item.relname) or ""
+            if item.schemaname is None and self.rw._cte(item.relname or ""):
+                return [_Source(name, None)]  # a CTE: its columns are not modelled here
             return [_Source(name, self.rw.columns_of(item))]
         if isinstance(item, ast.RangeTableSample):
             return self._sources(item.relation)
@@ -386,19 +388,27 @@ class _TargetReads:
         return node
 
     def select(self, node: Any, levels: list[list[_Source]]) -> None:
+        ctes = node.withClause.ctes if node.withClause is not None else None
+        if not ctes:
+            self._select(node, levels)
+            return
+        # The CTE names shadow tables inside this query (pushed first: a name is treated as a CTE
+        # wherever it might be one, which only makes resolution more cautious).
+        self.rw.state.ctes.append(frozenset(c.ctename or "" for c in ctes))
+        try:
+            for cte in ctes:
+                cte.ctequery = self.expr(cte.ctequery, levels)
+            self._select(node, levels)
+        finally:
+            self.rw.state.ctes.pop()
+
+    def _select(self, node: Any, levels: list[list[_Source]]) -> None:
         if node.larg is not None or node.rarg is not None:
             self.select(node.larg, levels)
             self.select(node.rarg, levels)
             for attr in ("sortClause", "limitOffset", "limitCount"):
                 setattr(node, attr, self.expr(getattr(node, attr), levels))
             return
-        if node.withClause is not None:
-            for cte in node.withClause.ctes or ():
-                cte.ctequery = (
-                    self.expr(cte.ctequery, levels)
-                    if isinstance(cte.ctequery, ast.SelectStmt)
-                    else cte.ctequery
-                )
         level: list[_Source] = []
         for item in node.fromClause or ():
             self._from_reads(item, level, levels)

@@ -297,3 +297,27 @@ def test_returning_star_of_a_strict_target() -> None:
     assert out is not None and out.startswith("DELETE FROM shop.customers AS c WHERE id = 1 RETURNING c.*, ")
     out = rw("update shop.customers set name = 'x' where id = 1 returning old.email, new.phone")
     assert out is not None and "CASE WHEN old.email IS NULL" in out and "CASE WHEN new.phone IS NULL" in out
+
+
+def test_target_reads_respect_nested_cte_names() -> None:
+    # `contacts` is a CTE without an email column here, so `email` is the target's: PostgreSQL
+    # resolves it outward. pgward cannot model the CTE's columns, so it refuses rather than guess.
+    sql = (
+        "delete from shop.customers where exists "
+        "(with contacts as (select 1 as k) select 1 from contacts where email = 'x')"
+    )
+    with pytest.raises(Unrewritable, match="cannot tell whether email"):
+        rw(sql)
+    # The DML's own WITH is visible inside its WHERE too.
+    sql = (
+        "with contacts as (select 1 as k) delete from shop.customers "
+        "where exists (select 1 from contacts where email = 'x')"
+    )
+    with pytest.raises(Unrewritable, match="cannot tell whether email"):
+        rw(sql)
+    # Qualified references stay resolvable.
+    out = rw(
+        "delete from shop.customers c where exists "
+        "(with w as (select 1 as k) select 1 from w where c.email = 'x')"
+    )
+    assert out is not None and "CASE WHEN c.email IS NULL" in out

@@ -43,7 +43,9 @@ class _Source:
 
     refname: str
     columns: frozenset[str] | None
-    schema: str | None = None
+    # For `schema.rel.col` references: the schema of an unaliased relation, None when it is unqualified
+    # (any schema of the path), "" when such references cannot name it (aliases, sub-selects).
+    schema: str | None = ""
     target: bool = False  # the DML target itself
 
 
@@ -346,7 +348,8 @@ class _TargetReads:
             name = (item.alias.aliasname if item.alias else item.relname) or ""
             if item.schemaname is None and self.rw._cte(item.relname or ""):
                 return [_Source(name, None)]  # a CTE: its columns are not modelled here
-            return [_Source(name, self.rw.columns_of(item))]
+            schema = "" if item.alias else item.schemaname
+            return [_Source(name, self.rw.columns_of(item), schema)]
         if isinstance(item, ast.RangeTableSample):
             return self._sources(item.relation)
         if isinstance(item, ast.JoinExpr):
@@ -459,11 +462,18 @@ class _TargetReads:
             refname = qualifier[-1]
             schema = qualifier[-2] if len(qualifier) >= 2 else None
             for level in levels:
-                hits = [
-                    s
-                    for s in level
-                    if s.refname == refname and (schema is None or s.schema in (None, schema))
-                ]
+                named = [s for s in level if s.refname == refname]
+                hits = named
+                if schema is not None:
+                    hits = [s for s in named if s.target or s.schema == schema]
+                    if not hits and any(s.schema is None for s in named):
+                        # An unqualified relation of that name may or may not be in that schema.
+                        if col in self.masked and refname == self.target.relname:
+                            raise Unrewritable(
+                                f"pgward cannot tell whether {schema}.{refname}.{col} refers to the "
+                                f"strict-masked column of {self._label()}; use aliases"
+                            )
+                        return ref
                 if hits:
                     if not any(s.target for s in hits):
                         return ref

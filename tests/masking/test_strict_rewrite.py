@@ -321,3 +321,24 @@ def test_target_reads_respect_nested_cte_names() -> None:
         "(with w as (select 1 as k) select 1 from w where c.email = 'x')"
     )
     assert out is not None and "CASE WHEN c.email IS NULL" in out
+
+
+def test_schema_qualified_references_inside_target_reads() -> None:
+    # The inner relation is public.customers: shop.customers.email is the target's (outer) column.
+    out = rw(
+        "delete from shop.customers where exists "
+        "(select 1 from public.customers where shop.customers.email = 'x')"
+    )
+    assert out is not None and "CASE WHEN shop.customers.email IS NULL" in out
+    # An aliased inner relation never answers to a schema-qualified name either.
+    out = rw(
+        "delete from shop.customers where exists "
+        "(select 1 from shop.customers c2 where shop.customers.email = c2.email)"
+    )
+    assert out is not None and "CASE WHEN shop.customers.email IS NULL" in out
+    with pytest.raises(Unrewritable, match=r"cannot tell whether shop\.customers\.email"):
+        rw(
+            "delete from shop.customers where exists "
+            "(select 1 from customers where shop.customers.email = 'x')",
+            ("public", "shop"),
+        )

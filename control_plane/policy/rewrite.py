@@ -63,6 +63,8 @@ class _State:
     # (schema, relname) of unaliased relations replaced by sub-selects: `schema.rel.col` references
     # to them lose the schema (a sub-select answers to its alias only).
     unaliased: set[tuple[str, str]] = field(default_factory=set)
+    # Names of unaliased relations left as they are: a shortened reference could come to mean one.
+    kept_unaliased: set[str] = field(default_factory=set)
     changed: bool = False
 
 
@@ -169,7 +171,11 @@ class Rewriter:
     def from_item(self, item: Any) -> Any:
         if isinstance(item, ast.RangeVar):
             rel = self._strict_for(item)
-            return item if rel is None else self._replace(item, rel)
+            if rel is None:
+                if item.alias is None and item.relname:
+                    self.state.kept_unaliased.add(item.relname)
+                return item
+            return self._replace(item, rel)
         if isinstance(item, ast.RangeTableSample) and isinstance(item.relation, ast.RangeVar):
             rel = self._strict_for(item.relation)
             item.args = self.node(item.args)
@@ -276,6 +282,11 @@ class Rewriter:
             names = [f.sval if isinstance(f, ast.String) else None for f in fields]
             if len(names) >= 3 and names[-3] is not None and names[-2] is not None:
                 if (names[-3], names[-2]) in self.state.unaliased:
+                    if names[-2] in self.state.kept_unaliased:
+                        raise Unrewritable(
+                            f"{names[-3]}.{names[-2]} and another relation named {names[-2]} are both "
+                            "used without an alias; give them aliases"
+                        )
                     node.fields = tuple(fields[-2:])
             return
         for name in node:

@@ -342,3 +342,11 @@ def test_schema_qualified_references_inside_target_reads() -> None:
             "(select 1 from customers where shop.customers.email = 'x')",
             ("public", "shop"),
         )
+
+
+def test_shortened_references_cannot_change_meaning() -> None:
+    with pytest.raises(Unrewritable, match="give them aliases"):
+        rw(
+            "select 1 from shop.customers where exists "
+            "(select 1 from public.customers where public.customers.id = shop.customers.id)"
+        )

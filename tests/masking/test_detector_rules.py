@@ -3,9 +3,13 @@ as Python sees them (the same Rust code the data plane runs)."""
 
 from __future__ import annotations
 
+import fnmatch
+
 import pytest
+import yaml
 from pydantic import ValidationError
 
+from control_plane.connections.propose import ColumnProposal, TagProposal
 from control_plane.dataplane import detect, detect_counts
 from control_plane.demo.shop import generate_customers
 from control_plane.policy.documents import PolicyDocument
@@ -88,3 +92,32 @@ def test_detect_finds_the_demo_pii_and_not_the_rest() -> None:
     assert detect("\u00e9l\u00e8ve 4111-1111-1111-1111") == ["card"]
     counts = detect_counts([r[3] for r in rows] + [None, "nothing", b"+44 20 7946 0958"])
     assert counts == {"email": 0, "card": 0, "ssn": 0, "phone": 201}
+
+
+def test_proposal_keys_match_exactly_their_column() -> None:
+    odd = ColumnProposal("sales", "Orders 2024", "e*mail?[x]", 10, {"email": 10})
+    dotted = ColumnProposal("sales", "v1.2", "phone", 10, {"phone": 9})
+    rare = ColumnProposal("sales", "notes", "body", 50, {"ssn": 1})
+    text = TagProposal("crm", 50, 0.1, [odd, dotted, rare], ["sales.locked: permission denied"]).yaml()
+    tags = yaml.safe_load(text)["column_tags"]
+    assert list(tags.values()) == [["pii.email"]]
+    (key,) = tags
+    schema, table, column = key.split(".")
+    assert schema == "sales"
+    assert fnmatch.fnmatchcase("e*mail?[x]", column) and not fnmatch.fnmatchcase("eXmail?[x]", column)
+    assert fnmatch.fnmatchcase("Orders 2024", table)
+    assert "# sales.v1.2.phone: ['pii.phone'] (a name with a dot; tag it by hand)" in text
+    assert "# below the threshold: sales.notes.body (ssn 2% of 50)" in text
+    assert "# not sampled: sales.locked: permission denied" in text
+    assert (
+        PolicyDocument.model_validate(
+            {
+                "name": "p",
+                "subjects": {"groups": ["g"]},
+                "connections": ["crm"],
+                "rules": [{"allow": ["read"]}],
+                "column_tags": tags,
+            }
+        ).column_tags
+        == tags
+    )

@@ -144,6 +144,8 @@ class Settings(BaseSettings):
     webhook_timeout: float = Field(default=10.0, gt=0, le=60)
     # Seconds between sweeps that expire undecided reviews and requests and end grants.
     approvals_sweep_interval: float = Field(default=1.0, gt=0, le=60)
+    # A held statement checks its review this often even without a notification (LISTEN/NOTIFY).
+    hold_poll_interval: float = Field(default=2.0, gt=0, le=60)
     # Slack interactions: the app's signing secret and Slack user id → pgward username.
     slack_signing_secret: SecretStr | None = None
     slack_users: dict[str, str] = Field(default_factory=dict)

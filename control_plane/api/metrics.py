@@ -24,6 +24,7 @@ _HELP = {
     "python_decisions": "Decisions that asked the Python decision service",
     "denials": "Statements refused",
     "rewrites": "Statements sent upstream rewritten (strict masking)",
+    "holds": "Statements held in their session for an approval decision",
     "protocol_errors": "Sessions closed for protocol violations",
     "cached_decisions": "Decisions held in the Rust cache",
     "cancel_keys": "Cancel keys issued and still valid",

@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 
+from control_plane.approvals.holds import WAIT_MARGIN, HeldStatements
 from control_plane.approvals.reasons import statement_reason
 from control_plane.approvals.service import ApprovalService, after_commit
 from control_plane.config import Settings
@@ -34,6 +35,7 @@ class StatementReviews:
     def __init__(self, settings: Settings, sessionmaker: SessionMaker) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
+        self.holds = HeldStatements(settings, sessionmaker)
 
     def _service(self, session: Any) -> ApprovalService:
         return ApprovalService(
@@ -77,7 +79,10 @@ class StatementReviews:
                 answer = decision.approved_answer()
                 answer["audit"] = {**audit, "approval": str(used.id)}
                 return answer
-            review = await service.pending_review(identity, connection, sql)
+            held = need.approval.mode == "held"
+            # A held statement gets a review of its own (the session waits on it); a deferred one
+            # reuses the pending review of the same statement.
+            review = None if held else await service.pending_review(identity, connection, sql)
             created = review is None
             if review is None:
                 reason = statement_reason(sql)
@@ -98,25 +103,40 @@ class StatementReviews:
                     policy=need.policy,
                     rule=need.rule,
                     approval=need.approval,
-                    # Held statements need the data plane to keep the client waiting; this gateway
-                    # answers them as deferred (refused now, run again after approval).
-                    mode="deferred",
+                    mode="held" if held else "deferred",
                 )
                 await session.commit()
                 await after_commit(service.changes)
                 log.info(
                     "review opened", review=str(review.id), identity=identity.subject, policy=need.policy
                 )
-        return self._pending(
-            review,
-            decision,
-            created=created,
-            held=need.approval.mode == "held",
-            audit={**audit, "approval": str(review.id)},
-        )
+        audit = {**audit, "approval": str(review.id)}
+        if held:
+            return self._hold(review, decision, audit)
+        return self._pending(review, decision, created=created, audit=audit)
+
+    def _hold(self, review: Review, decision: StatementDecision, audit: dict[str, Any]) -> dict[str, Any]:
+        """Keep the client waiting: a NoticeResponse now, the statement's answer when decided."""
+        self.holds.hold(str(review.id), {**decision.approved_answer(), "audit": audit})
+        url = f"{self.settings.base_url}/v1/reviews/{review.id}"
+        needed = review.approvals_required
+        limit = (review.expires_at - review.created_at).total_seconds()
+        return {
+            "action": "hold",
+            "review": str(review.id),
+            "sqlstate": "01000",
+            "message": f"pgward is holding this statement for approval: review {review.id}",
+            "detail": f"review {review.id}: {review.what}; approvers: {', '.join(review.approver_groups)}; "
+            f"{needed} approval{'s' if needed > 1 else ''} needed; decide at {url}",
+            "hint": f"waiting up to {max(1, int(limit) // 60)} min for the decision; cancel (Ctrl-C) to "
+            "withdraw the review",
+            "wait": limit + WAIT_MARGIN,
+            "cache": "none",
+            "audit": audit,
+        }
 
     def _pending(
-        self, review: Review, decision: StatementDecision, *, created: bool, held: bool, audit: dict[str, Any]
+        self, review: Review, decision: StatementDecision, *, created: bool, audit: dict[str, Any]
     ) -> dict[str, Any]:
         url = f"{self.settings.base_url}/v1/reviews/{review.id}"
         groups = ", ".join(review.approver_groups)
@@ -126,8 +146,6 @@ class StatementReviews:
             f"review {review.id} ({'opened' if created else 'still pending'}): {review.what}; "
             f"approvers: {groups}; {needed} approval{'s' if needed > 1 else ''} needed; decide at {url}"
         )
-        if held:
-            detail += "; this gateway cannot hold the session, so the statement is refused until approved"
         return _refusal(
             f"{decision.message}: review {review.id} is pending",
             detail,

@@ -12,6 +12,7 @@ import structlog
 from control_plane.approvals import events
 from control_plane.approvals.delivery import DeliveryWorker
 from control_plane.approvals.repository import ApprovalRepository
+from control_plane.approvals.service import notify_review
 from control_plane.audit.writer import current
 from control_plane.config import Settings
 from control_plane.store.crypto import SecretBox
@@ -61,6 +62,9 @@ class ApprovalsRuntime:
             requests = list(await repository.expire_due(AccessRequest, now))
             unused, ended = await repository.end_used_up(now)
             audit: list[dict[str, object]] = []
+            for review in reviews:
+                # A statement held for it gets its refusal now.
+                await notify_review(session, review.id)
             for review in [*reviews, *unused]:
                 queued += await events.emit(session, "review.expired", events.review_data(review, base))
                 audit.append(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.approvals import events
@@ -109,6 +110,19 @@ class ApprovalService:
         self.changes.audit.append(record)
 
     # --- statement reviews (the gateway) ----------------------------------------------------------------
+
+    async def note_executed(self, review: Review) -> None:
+        """A held statement's approved review was used: the statement runs now."""
+        await self._emit("review.executed", review)
+
+    async def withdraw(self, review_id: str) -> None:
+        review = await self.repository.get(Review, parse_id(review_id, "review"), for_update=True)
+        if review is None or review.state != "pending":
+            return
+        review.state, review.decided_at = "withdrawn", datetime.now(UTC)
+        review.comment = "withdrawn: the client cancelled the held statement"
+        await self._emit("review.decided", review)
+        await notify_review(self.session, review.id)
 
     async def use_approved(self, identity: Identity, connection: str, sql: str) -> Review | None:
         """An approved, unused review of exactly `sql` by `identity`: marked consumed and returned."""
@@ -290,8 +304,11 @@ class ApprovalService:
         )
         if outcome.decided:
             kind = "review" if isinstance(item, Review) else "access_request"
-            if isinstance(item, Review) and item.state == "approved":
-                item.valid_until = now + timedelta(seconds=item.valid_for_seconds)
+            if isinstance(item, Review):
+                if item.state == "approved":
+                    item.valid_until = now + timedelta(seconds=item.valid_for_seconds)
+                # A statement held for it (on any gateway process) is released now.
+                await notify_review(self.session, item.id)
             if isinstance(item, AccessRequest) and item.state == "approved":
                 item.starts_at, item.ends_at = now, now + timedelta(seconds=item.duration_seconds)
                 # Every gateway reloads its policies (and with them the grants) on a new revision.
@@ -303,6 +320,11 @@ class ApprovalService:
                 await self._emit("break_glass.used", item, voter)
         await self.session.flush()
         return item, outcome
+
+
+async def notify_review(session: AsyncSession, review_id: uuid.UUID) -> None:
+    """Tell every process (LISTEN pgward_reviews) that a review changed; sent on commit."""
+    await session.execute(text("SELECT pg_notify('pgward_reviews', :id)"), {"id": str(review_id)})
 
 
 def _subjects(groups: Sequence[str], users: Sequence[str], services: Sequence[str]) -> str:

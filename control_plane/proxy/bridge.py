@@ -62,6 +62,16 @@ class BridgeDispatcher:
                 task = self._loop.create_task(self._authenticate(request_id, payload))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            elif kind == "await_review":
+                # A held statement: answered when its review is decided (minutes, maybe).
+                review = self.service.reviews.holds.wait(payload["review_id"])
+                task = self._loop.create_task(self._later(request_id, payload, review))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            elif kind == "withdraw_review":
+                task = self._loop.create_task(self.service.reviews.holds.withdraw(payload["review_id"]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             elif kind == "session_end":
                 self.service.session_ended(payload)
 

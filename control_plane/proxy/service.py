@@ -121,10 +121,12 @@ class DecisionService:
                 return
             await self.watcher.refresh(force=True)
             self.watcher.start()
+            self.reviews.holds.start()
             self._started = True
 
     async def stop(self) -> None:
         await self.watcher.stop()
+        await self.reviews.holds.stop()
 
     def _invalidate(self) -> None:
         for callback in list(self.on_policies_changed):

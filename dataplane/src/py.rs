@@ -18,7 +18,7 @@ use pyo3::types::{PyDict, PyList};
 use crate::audit::{AuditMeta, AuditQueue, AuditScope};
 use crate::backend::UpstreamTarget;
 use crate::decide::bridge::{Admission, Answer, Request};
-use crate::decide::types::{CachePolicy, Decision, Refusal, Scope};
+use crate::decide::types::{CachePolicy, Decision, Hold, Refusal, Scope};
 use crate::decide::Bridge;
 use crate::frontend::workers::Workers;
 use crate::frontend::{listener, Gateway, GatewayConfig};
@@ -190,6 +190,17 @@ impl Dataplane {
                     payload.set_item("fingerprint", fingerprint.map(|f| format!("{f:016x}")))?;
                     payload.set_item("source", source)?;
                 }
+                Request::AwaitReview {
+                    session_id,
+                    review_id,
+                }
+                | Request::WithdrawReview {
+                    session_id,
+                    review_id,
+                } => {
+                    payload.set_item("session_id", session_id)?;
+                    payload.set_item("review_id", review_id)?;
+                }
                 Request::SessionEnd { session_id, reason } => {
                     payload.set_item("session_id", session_id)?;
                     payload.set_item("reason", reason)?;
@@ -331,6 +342,18 @@ impl Dataplane {
                     ));
                 }
                 Decision::Rewrite(Arc::from(sql))
+            }
+            "hold" => {
+                let review_id: String = required(answer, "review")?.extract()?;
+                let wait: f64 = required(answer, "wait")?.extract()?;
+                if !(wait.is_finite() && wait > 0.0 && wait <= 31.0 * 86_400.0) {
+                    return Err(PyValueError::new_err("a hold needs 0 < wait <= 31 days"));
+                }
+                Decision::Hold(Arc::new(Hold {
+                    review_id,
+                    notice: convert_refusal(answer, "01000")?,
+                    wait: Duration::from_secs_f64(wait),
+                }))
             }
             other => return Err(PyValueError::new_err(format!("unknown action {other:?}"))),
         };

@@ -66,6 +66,18 @@ POLICIES: list[dict[str, Any]] = [
                 "approval": {**DEFERRED, "timeout": "1s"},
             },
             {"name": "writes", "require_approval": ["write"], "tables": ["public.apv_del*"]},
+            {
+                "name": "held",
+                "require_approval": ["write"],
+                "tables": ["public.apv_held*"],
+                "approval": {"mode": "held", "approvers": ["approvers"], "timeout": "10m"},
+            },
+            {
+                "name": "held-quick",
+                "require_approval": ["write"],
+                "tables": ["public.apv_hquick*"],
+                "approval": {"mode": "held", "approvers": ["approvers"], "timeout": "2s"},
+            },
             {"name": "no-secrets", "deny": ["all"], "tables": ["public.apv_secret*"]},
         ],
         "guardrails": {"no_unbounded_write": "require_approval"},

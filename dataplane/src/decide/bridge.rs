@@ -37,6 +37,11 @@ pub enum Request {
         fingerprint: Option<u64>,
         source: &'static str,
     },
+    /// Wait for the decision on a held statement's review; answered with the statement's final
+    /// decision (allow, rewrite, or a refusal with the reviewer's comment).
+    AwaitReview { session_id: u64, review_id: String },
+    /// Fire and forget: the client cancelled its held statement, so its review is withdrawn.
+    WithdrawReview { session_id: u64, review_id: String },
     /// Fire and forget: nobody waits for an answer.
     SessionEnd { session_id: u64, reason: String },
 }
@@ -46,6 +51,8 @@ impl Request {
         match self {
             Self::Authenticate { .. } => "authenticate",
             Self::Decide { .. } => "decide",
+            Self::AwaitReview { .. } => "await_review",
+            Self::WithdrawReview { .. } => "withdraw_review",
             Self::SessionEnd { .. } => "session_end",
         }
     }
@@ -122,6 +129,15 @@ impl Bridge {
 
     /// Ask the decision service and wait (only this task) for the answer.
     pub async fn ask(&self, request: Request) -> Result<Answer, BridgeError> {
+        self.ask_within(request, self.timeout).await
+    }
+
+    /// `ask` with its own time limit (a held statement waits as long as its review may).
+    pub async fn ask_within(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Answer, BridgeError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(BridgeError::Closed);
         }
@@ -129,13 +145,13 @@ impl Bridge {
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().insert(id, tx);
         self.push(id, request);
-        match tokio::time::timeout(self.timeout, rx).await {
+        // Removes the waiter whatever ends the wait (an answer, the time limit, or the asking
+        // task being dropped, e.g. a held statement the client cancelled).
+        let _forget = Forget { bridge: self, id };
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(BridgeError::Dropped),
-            Err(_) => {
-                self.waiting.lock().remove(&id);
-                Err(BridgeError::Timeout(self.timeout))
-            }
+            Err(_) => Err(BridgeError::Timeout(timeout)),
         }
     }
 
@@ -172,6 +188,17 @@ impl Bridge {
 
     pub fn pending(&self) -> usize {
         self.waiting.lock().len()
+    }
+}
+
+struct Forget<'a> {
+    bridge: &'a Bridge,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.bridge.waiting.lock().remove(&self.id);
     }
 }
 
@@ -226,6 +253,34 @@ mod tests {
                 })
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_asker_leaves_no_waiter_and_its_own_limit_applies() {
+        let bridge = Arc::new(Bridge::new(Duration::from_millis(20)).unwrap());
+        let hold = Request::AwaitReview {
+            session_id: 1,
+            review_id: "r".into(),
+        };
+        // Longer than the bridge's own limit: a held statement waits as long as its review.
+        let b = Arc::clone(&bridge);
+        let asker = tokio::spawn(async move { b.ask_within(hold, Duration::from_secs(30)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(bridge.pending(), 1, "still waiting after the default limit");
+        // A cancelled hold drops its wait: nothing is left behind to answer.
+        asker.abort();
+        let _ = asker.await;
+        assert_eq!(bridge.pending(), 0);
+        let taken = bridge.take();
+        assert_eq!(taken.len(), 1);
+        assert!(!bridge.respond(
+            taken[0].0,
+            Answer::Decided {
+                decision: Decision::Allow,
+                cache: CachePolicy::Never,
+                audit: Arc::default(),
+            }
+        ));
     }
 
     #[tokio::test]

@@ -85,6 +85,8 @@ impl DecisionCache {
         // A rewritten text carries the client's constants, and a COPY plan options (delimiters,
         // NULL strings) that fingerprints normalise away: only the same text may reuse them.
         let policy = match (policy, decision) {
+            // A hold names one review: reusing it would run another statement on its approval.
+            (_, Decision::Hold(_)) => CachePolicy::Never,
             (CachePolicy::Fingerprint, Decision::Rewrite(_) | Decision::AllowCopy { .. }) => {
                 CachePolicy::Text
             }

@@ -41,6 +41,20 @@ pub enum Decision {
         plans: Arc<[CopyPlan]>,
         rewrite: Option<Arc<str>>,
     },
+    /// Held for approval: the relay tells the client (NoticeResponse), waits for the review's
+    /// decision and then forwards the statement or refuses it. Never cached.
+    Hold(Arc<Hold>),
+}
+
+/// A statement held for a review.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub review_id: String,
+    /// What the NoticeResponse says (severity NOTICE; `sqlstate` is its code).
+    pub notice: Refusal,
+    /// How long to wait for the decision service's verdict (the review's own time limit plus a
+    /// margin: the service answers with a refusal when the review expires).
+    pub wait: std::time::Duration,
 }
 
 /// How Python allows a decision to be reused.

@@ -4,8 +4,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 use rand::RngCore;
+use tokio::sync::Notify;
 
 use crate::net::tls::UpstreamTls;
 
@@ -17,6 +20,9 @@ pub struct CancelTarget {
     pub sslrootcert: Option<PathBuf>,
     pub pid: i32,
     pub key: Vec<u8>,
+    /// Woken by a CancelRequest: a statement held for approval stops waiting (its review is
+    /// withdrawn). `notify_waiters` only: a cancel with nothing held leaves no permit behind.
+    pub held: Arc<Notify>,
 }
 
 #[derive(Default)]

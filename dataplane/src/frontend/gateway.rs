@@ -33,6 +33,8 @@ pub struct Stats {
     pub denials: AtomicU64,
     /// Statements sent upstream as rewritten text (strict masking).
     pub rewrites: AtomicU64,
+    /// Statements held for approval (a review decided while the client waited).
+    pub holds: AtomicU64,
     pub protocol_errors: AtomicU64,
 }
 
@@ -48,6 +50,7 @@ impl Stats {
             ("python_decisions", get(&self.python_decisions)),
             ("denials", get(&self.denials)),
             ("rewrites", get(&self.rewrites)),
+            ("holds", get(&self.holds)),
             ("protocol_errors", get(&self.protocol_errors)),
         ]
     }

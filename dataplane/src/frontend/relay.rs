@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 
 use super::gateway::Gateway;
 use super::masking::{Action, ClientSide, Expectations, ServerSide};
@@ -23,12 +24,12 @@ use crate::audit::tracker::{
 };
 use crate::audit::{AuditMeta, Event};
 use crate::decide::bridge::{Answer, Request};
-use crate::decide::types::{Decision, Refusal, Scope};
+use crate::decide::types::{Decision, Hold, Refusal, Scope};
 use crate::mask::CopyPlan;
 use crate::net::framing::{peek_header, FrameError, Header};
 use crate::net::messages::{
-    build_error, build_parse, build_query, parse_parse, parse_query, parse_row_description, Cursor,
-    ErrorFields,
+    build_error, build_notice, build_parse, build_query, parse_parse, parse_query,
+    parse_row_description, Cursor, ErrorFields,
 };
 use crate::net::sqlstate;
 
@@ -76,6 +77,10 @@ struct Shared {
     expect: Expectations,
     /// Statements whose answers are awaited, for their audit records.
     audit: Tracker,
+    /// NoticeResponses for the client from the client→server half (a statement held for
+    /// approval), written by the server→client half at the next message boundary.
+    notices: Mutex<Vec<Bytes>>,
+    notice_ready: Notify,
 }
 
 /// A statement's decision with what its audit record needs.
@@ -101,6 +106,8 @@ pub struct Relay<'a> {
     shared: Shared,
     /// The session's client_encoding at the start (COPY rewriting depends on it).
     client_encoding: String,
+    /// Woken by the client's CancelRequest (see `CancelTarget::held`).
+    cancel: Arc<Notify>,
 }
 
 /// What to forward for a decided Query or Parse.
@@ -134,9 +141,19 @@ impl<'a> Relay<'a> {
                 marker: make_marker(),
                 expect: Expectations::default(),
                 audit: Tracker::default(),
+                notices: Mutex::new(Vec::new()),
+                notice_ready: Notify::new(),
             },
             client_encoding: "UTF8".to_owned(),
+            cancel: Arc::new(Notify::new()),
         }
+    }
+
+    /// What a CancelRequest for this session wakes (a statement held for approval stops waiting).
+    #[must_use]
+    pub fn with_cancel(mut self, cancel: Arc<Notify>) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     /// The client_encoding the server reported at startup.
@@ -301,6 +318,11 @@ impl<'a> Relay<'a> {
         } = self
             .decide(sql, if tag == b'Q' { "query" } else { "parse" })
             .await;
+        // A held statement's record says how its review ended (the final answer's metadata).
+        let (decision, audit) = match decision {
+            Decision::Hold(hold) => self.hold(&hold, audit).await,
+            decided => (decided, audit),
+        };
         let audited = |verdict: Verdict| Audited {
             verdict,
             audit,
@@ -351,6 +373,8 @@ impl<'a> Relay<'a> {
                 }
             }
             Decision::Deny(refusal) => refusal,
+            // `hold` never returns a hold; fail closed should it ever.
+            Decision::Hold(_) => undecided("a held statement was held again"),
         };
         self.record_denial(Arc::clone(&refusal));
         let substitute = match parse_name {
@@ -573,6 +597,57 @@ impl<'a> Relay<'a> {
         build_query(&self.shared.marker)
     }
 
+    /// Tell the client its statement is held (NoticeResponse, at once), then wait for the review's
+    /// verdict: the statement's decision once approved, a refusal on denial or expiry, or a
+    /// refusal (57014) and a withdrawn review when the client cancels. Only this session waits;
+    /// the bridge's usual 30 s limit does not apply (the review has its own).
+    async fn hold(&self, hold: &Hold, audit: Arc<AuditMeta>) -> (Decision, Arc<AuditMeta>) {
+        // Registered before the notice goes out, so a cancel sent on seeing it is not missed.
+        let cancelled = self.cancel.notified();
+        tokio::pin!(cancelled);
+        cancelled.as_mut().enable();
+        let n = &hold.notice;
+        self.shared.notices.lock().push(build_notice(
+            "NOTICE",
+            &n.sqlstate,
+            &n.message,
+            n.detail.as_deref(),
+            n.hint.as_deref(),
+        ));
+        self.shared.notice_ready.notify_one();
+        self.gw.stats.holds.fetch_add(1, Ordering::Relaxed);
+        let request = Request::AwaitReview {
+            session_id: self.session_id,
+            review_id: hold.review_id.clone(),
+        };
+        tokio::select! {
+            answer = self.gw.bridge.ask_within(request, hold.wait) => match answer {
+                // A second hold would wait forever on a review that is already decided.
+                Ok(Answer::Decided { decision: Decision::Hold(_), .. }) => {
+                    (fail_closed("the decision service held a statement twice"), audit)
+                }
+                Ok(Answer::Decided { decision, audit: final_audit, .. }) => (decision, final_audit),
+                Ok(Answer::Authenticated(_)) => {
+                    (fail_closed("the decision service answered the wrong question"), audit)
+                }
+                Err(e) => (fail_closed(&e.to_string()), audit),
+            },
+            () = &mut cancelled => {
+                self.gw.bridge.tell(Request::WithdrawReview {
+                    session_id: self.session_id,
+                    review_id: hold.review_id.clone(),
+                });
+                let mut refusal =
+                    Refusal::new(sqlstate::QUERY_CANCELED, "canceling statement due to user request");
+                refusal.detail = Some(format!(
+                    "the statement was held for review {}; the review is withdrawn and the statement did not run",
+                    hold.review_id
+                ));
+                (Decision::Deny(Arc::new(refusal)), audit)
+            }
+        }
+    }
+
     async fn decide(&self, sql: &str, source: &'static str) -> Decided {
         let gw = self.gw;
         gw.stats.statements.fetch_add(1, Ordering::Relaxed);
@@ -761,13 +836,23 @@ impl<'a> Relay<'a> {
             if run > 0 {
                 out.push(buf.split_to(run).freeze());
             }
+            if !walker.mid_message() {
+                // Between two server messages: a notice for the client may go out here.
+                let notices = std::mem::take(&mut *self.shared.notices.lock());
+                out.extend(notices);
+            }
             if let Err(e) = write_segments(client, &mut out).await {
                 return End::Io(e);
             }
             if buf.capacity() - buf.len() < READ_CHUNK / 2 {
                 buf.reserve(READ_CHUNK);
             }
-            match server.read_buf(&mut buf).await {
+            // Cancel-safe: `read_buf` keeps what it read when the notice branch wins.
+            let read = tokio::select! {
+                read = server.read_buf(&mut buf) => read,
+                () = self.shared.notice_ready.notified() => continue,
+            };
+            match read {
                 Ok(0) => return End::ServerClosed { fatal_sent },
                 Ok(_) => {}
                 Err(e) => return End::Io(e),
@@ -888,6 +973,11 @@ impl Walker {
         peek_header(buf.get(*run..).unwrap_or_default(), max)
     }
 
+    /// Whether part of a passing message is still to come (nothing may be inserted before it ends).
+    fn mid_message(&self) -> bool {
+        self.streaming > 0
+    }
+
     /// Let the message at `run` pass uninspected; `available` bytes of it are in the buffer.
     fn pass(&mut self, header: Header, available: usize, run: &mut usize, watched: bool) {
         let have = available.min(header.len);
@@ -898,12 +988,16 @@ impl Walker {
 }
 
 fn fail_closed(reason: &str) -> Decision {
+    Decision::Deny(undecided(reason))
+}
+
+fn undecided(reason: &str) -> Arc<Refusal> {
     let mut refusal = Refusal::new(
         sqlstate::INSUFFICIENT_PRIVILEGE,
         "statement refused: pgward could not decide it, and refuses what it cannot decide",
     );
     refusal.detail = Some(reason.to_owned());
-    Decision::Deny(Arc::new(refusal))
+    Arc::new(refusal)
 }
 
 fn frame_error_text(e: &FrameError) -> String {

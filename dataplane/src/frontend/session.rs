@@ -233,9 +233,12 @@ async fn serve(gw: &Arc<Gateway>, session_id: u64, info: StartupInfo, peer: Sock
         sslrootcert: scope.upstream.sslrootcert.clone(),
         pid: upstream.pid,
         key: upstream.key.clone(),
+        held: Arc::new(tokio::sync::Notify::new()),
     };
+    let held = Arc::clone(&target.held);
     let (pid, key) = gw.cancels.register(target, key_len);
-    let end = relay_session(gw, session_id, &scope, stream, upstream, buf, pid, &key).await;
+    let keys = (pid, key.as_slice(), held);
+    let end = relay_session(gw, session_id, &scope, stream, upstream, buf, keys).await;
     gw.cancels.remove(pid, &key);
     end
 }
@@ -248,8 +251,7 @@ async fn relay_session(
     stream: ClientStream,
     upstream: backend::Upstream,
     client_buf: BytesMut,
-    pid: i32,
-    key: &[u8],
+    (pid, key, held): (i32, &[u8], Arc<tokio::sync::Notify>),
 ) -> String {
     let mut hello = BytesMut::new();
     hello.put_slice(&auth_ok());
@@ -275,7 +277,9 @@ async fn relay_session(
     if client_write.write_all(&hello).await.is_err() || client_write.flush().await.is_err() {
         return "client went away during startup".into();
     }
-    let relay = Relay::new(gw, session_id, scope).with_client_encoding(&client_encoding);
+    let relay = Relay::new(gw, session_id, scope)
+        .with_client_encoding(&client_encoding)
+        .with_cancel(held);
     let end = relay
         .run(
             &mut client_read,

@@ -184,6 +184,7 @@ pub async fn open(
             }
             StartupPacket::Cancel { pid, key } => {
                 if let Some(target) = gw.cancels.lookup(pid, &key) {
+                    target.held.notify_waiters();
                     tokio::spawn(async move {
                         let _ = backend::send_cancel(
                             &target.host,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 from control_plane.audit.chain import GENESIS, canonical_body, checkpoint_message, format_time, record_hash
 from control_plane.config import Settings
@@ -95,6 +95,7 @@ class AuditWriter:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._conn: AsyncConnection | None = None
         self._closing = False
         self._stream_written = False
         self._checkpointed_seq = 0
@@ -134,6 +135,10 @@ class AuditWriter:
         if self.committed_seq > self._checkpointed_seq:
             with contextlib.suppress(Exception):
                 await self.checkpoint()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
         if self.sink is not None:
             await self.sink.close()
 
@@ -250,26 +255,33 @@ class AuditWriter:
         self._waiters = still
 
     async def _write(self, batch: list[_Row]) -> None:
-        async with self.engine.connect() as conn:
+        # One connection held for the writer's life: no pool checkout (and pre-ping) per batch.
+        if self._conn is None:
+            self._conn = await self.engine.connect()
+        conn = self._conn
+        try:
             raw = await conn.get_raw_connection()
             pg = raw.driver_connection
             assert pg is not None
-            try:
-                async with pg.cursor() as cur:
-                    if not self._stream_written:
-                        await cur.execute(
-                            "INSERT INTO audit_streams (id, host, pid) VALUES (%s, %s, %s) "
-                            "ON CONFLICT DO NOTHING",
-                            (self.stream, socket.gethostname(), os.getpid()),
-                        )
-                    async with cur.copy(_COPY) as copy:
-                        for row in batch:
-                            await copy.write_row(row.values)
-                await pg.commit()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await pg.rollback()
-                raise
+            async with pg.cursor() as cur:
+                if not self._stream_written:
+                    await cur.execute(
+                        "INSERT INTO audit_streams (id, host, pid) VALUES (%s, %s, %s) "
+                        "ON CONFLICT DO NOTHING",
+                        (self.stream, socket.gethostname(), os.getpid()),
+                    )
+                async with cur.copy(_COPY) as copy:
+                    for row in batch:
+                        await copy.write_row(row.values)
+            await pg.commit()
+        except BaseException:
+            # The connection may be broken or mid-transaction: start over with a fresh one.
+            self._conn = None
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
         self._stream_written = True
 
     async def checkpoint(self) -> AuditCheckpoint | None:

@@ -4,8 +4,10 @@
 //! for room ([`AuditQueue::wait_for_room`]), so a slow store slows sessions down (back-pressure)
 //! and nothing is ever dropped. The queue holds at most its capacity plus the records of statements
 //! already in flight. The first push into an empty queue writes one byte to a pipe that the asyncio
-//! loop watches: one wake-up per burst, as in `decide::bridge`. In strict mode a session pushes an
-//! intent record and waits until Python has committed it ([`AuditQueue::push_durable`]).
+//! loop watches — but only when the queue is a quarter full or a strict-mode session waits for a
+//! record: otherwise Python takes the records on its own schedule (every flush interval), so a busy
+//! gateway costs one wake-up per batch rather than one per statement. In strict mode a session
+//! pushes an intent record and waits until Python has committed it ([`AuditQueue::push_durable`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{PipeReader, PipeWriter, Write};
@@ -38,6 +40,8 @@ pub struct AuditQueue {
     wake_reader: PipeReader,
     wake_writer: Mutex<PipeWriter>,
     strict_timeout: Duration,
+    /// Queue length from which a push wakes Python up.
+    wake_at: usize,
     /// Times a session waited for room (a slow store).
     pub waits: AtomicU64,
 }
@@ -57,6 +61,7 @@ impl AuditQueue {
             wake_reader,
             wake_writer: Mutex::new(wake_writer),
             strict_timeout,
+            wake_at: (capacity / 4).max(1),
             waits: AtomicU64::new(0),
         })
     }
@@ -75,12 +80,14 @@ impl AuditQueue {
 
     /// Queue a record; never waits (the session waits for room before its next statement).
     pub fn push(&self, event: Event) {
-        {
+        let urgent = event.ack != 0;
+        let len = {
             let mut events = self.events.lock();
             events.push_back(event);
             self.len.store(events.len(), Ordering::Release);
-        }
-        if !self.notified.swap(true, Ordering::AcqRel) {
+            events.len()
+        };
+        if (urgent || len >= self.wake_at) && !self.notified.swap(true, Ordering::AcqRel) {
             // One byte per burst; a failed write means the reader is gone (shutting down).
             let _ = self.wake_writer.lock().write_all(b"!");
         }
@@ -171,6 +178,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_makes_sessions_wait_until_python_takes_records() {
         let q = Arc::new(AuditQueue::new(2, Duration::from_secs(5)).unwrap());
+        assert_eq!(q.wake_at, 1);
         q.push(event());
         q.push(event());
         let waiter = {

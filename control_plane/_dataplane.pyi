@@ -21,6 +21,8 @@ class Dataplane:
         decision_timeout_s: float = 30.0,
         audit_queue_size: int = 10_000,
         audit_strict_timeout_s: float = 10.0,
+        recording_dir: str | None = None,
+        recording_level: int = 1,
     ) -> None: ...
     def start(self) -> str:
         """Bind and serve; returns the bound ``host:port``. Raises OSError when it cannot bind."""

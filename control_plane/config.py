@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     approver_groups: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["approvers"])
     auditor_groups: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auditors"])
     public_url: str | None = None
+    # Session recording (docs/recording.md): every session's traffic, after masking, to files named
+    # by the session id. A recording that cannot be written ends its session (fail closed).
+    recording: Literal["on", "off"] = "on"
+    # Default: `state_dir/recordings`.
+    recording_dir: Path | None = None
+    # zstd level for recording blocks (1 = fastest; the writer runs beside the sessions).
+    recording_level: int = Field(default=1, ge=1, le=19)
     # Seconds between checks for policy changes made by other pgward processes (same process: at once).
     policy_poll_interval: float = Field(default=2.0, gt=0, le=300)
     # JSON list of OidcIssuer objects.
@@ -176,6 +183,10 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         """Where people reach the API (review URLs): PGWARD_PUBLIC_URL, else the API listen address."""
         return (self.public_url or f"http://{self.api_listen}").rstrip("/")
+
+    @property
+    def recordings_path(self) -> Path:
+        return (self.recording_dir or self.state_dir / "recordings").expanduser()
 
     @property
     def secret_key_path(self) -> Path:

@@ -14,7 +14,15 @@ router = APIRouter(tags=["health"])
 StatsSource = Callable[[], dict[str, int]]
 
 # Counters only grow; the rest are levels.
-_GAUGES = {"sessions_active", "cached_decisions", "cancel_keys"}
+_GAUGES = {
+    "sessions_active",
+    "cached_decisions",
+    "cancel_keys",
+    "recording_queue_bytes",
+    "recording_queue_bytes_peak",
+    "recording_queue_blocks_capacity",
+    "recording_block_bytes_max",
+}
 _HELP = {
     "sessions_total": "Client sessions accepted by the proxy",
     "sessions_active": "Client sessions open now",
@@ -28,6 +36,13 @@ _HELP = {
     "protocol_errors": "Sessions closed for protocol violations",
     "cached_decisions": "Decisions held in the Rust cache",
     "cancel_keys": "Cancel keys issued and still valid",
+    "recording_sessions": "Sessions recorded",
+    "recording_failures": "Recordings that could not be started or written (their sessions ended)",
+    "recording_bytes_written": "Compressed recording bytes written",
+    "recording_queue_bytes": "Recorded bytes queued for the writer",
+    "recording_queue_bytes_peak": "Most recorded bytes ever queued for the writer",
+    "recording_queue_blocks_capacity": "Blocks the recording queue holds at most",
+    "recording_block_bytes_max": "Bytes in one recording block at most",
 }
 
 

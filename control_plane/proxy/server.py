@@ -80,6 +80,8 @@ def start_dataplane(settings: Settings) -> Dataplane:
         max_message_size=settings.max_message_size,
         audit_queue_size=settings.audit_queue_size,
         audit_strict_timeout_s=settings.audit_strict_timeout,
+        recording_dir=str(settings.recordings_path) if settings.recording == "on" else None,
+        recording_level=settings.recording_level,
     )
     dataplane.start()
     return dataplane

@@ -310,6 +310,7 @@ class DecisionService:
                 "setup_sql": grant.setup_sql(),
                 "identity": identity.subject,
                 "session_uuid": session_uuid,
+                "identity_detail": _identity_detail(identity),
                 "connection": target.name,
                 "audit": self._audit_scope(identity, client_addr),
                 "upstream": {
@@ -437,3 +438,20 @@ def _refusal(sqlstate: str, message: str, *, hint: str | None = None) -> dict[st
     if hint:
         answer["hint"] = hint
     return answer
+
+
+def _identity_detail(identity: Identity) -> str:
+    """Who the session is, as JSON for the session recording's header (never the credential)."""
+    import json
+
+    return json.dumps(
+        {
+            "subject": identity.subject,
+            "username": identity.username,
+            "groups": list(identity.groups),
+            "issuer": identity.issuer,
+            "kind": identity.kind,
+            "credential": identity.credential,
+            "acting_for": identity.acting_for.subject if identity.acting_for else None,
+        }
+    )

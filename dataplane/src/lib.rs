@@ -12,3 +12,4 @@ pub mod mask;
 pub mod net;
 #[cfg(feature = "python")]
 mod py;
+pub mod record;

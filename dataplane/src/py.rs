@@ -26,6 +26,7 @@ use crate::mask::detect::{detect as detect_kinds, Kinds};
 use crate::mask::{CopyColumn, CopyFormat, CopyPlan, Detectors, Kind, MaskFunction, MaskPlan};
 use crate::net::framing::DEFAULT_MAX_MESSAGE;
 use crate::net::tls::{server_config, UpstreamTls};
+use crate::record::Recorder;
 
 /// The data plane of one pgward process: listener, sessions and the decision cache.
 #[pyclass(frozen, module = "control_plane._dataplane")]
@@ -51,6 +52,7 @@ impl Dataplane {
         max_message_size=DEFAULT_MAX_MESSAGE, worker_threads=0, connect_timeout_s=10.0,
         startup_timeout_s=30.0, decision_timeout_s=30.0, audit_queue_size=10_000,
         audit_strict_timeout_s=10.0,
+        recording_dir=None, recording_level=1,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -65,6 +67,8 @@ impl Dataplane {
         decision_timeout_s: f64,
         audit_queue_size: usize,
         audit_strict_timeout_s: f64,
+        recording_dir: Option<PathBuf>,
+        recording_level: i32,
     ) -> PyResult<Self> {
         let tls = match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => Some(
@@ -86,6 +90,12 @@ impl Dataplane {
             connect_timeout: secs(connect_timeout_s, "connect_timeout_s")?,
             startup_timeout: secs(startup_timeout_s, "startup_timeout_s")?,
         };
+        let recorder = match recording_dir {
+            Some(dir) => Some(Recorder::start(dir.clone(), recording_level).map_err(|e| {
+                PyOSError::new_err(format!("cannot record sessions in {}: {e}", dir.display()))
+            })?),
+            None => None,
+        };
         let bridge = Bridge::new(secs(decision_timeout_s, "decision_timeout_s")?)
             .map_err(|e| PyOSError::new_err(e.to_string()))?;
         let audit = AuditQueue::new(
@@ -95,7 +105,10 @@ impl Dataplane {
         .map_err(|e| PyOSError::new_err(e.to_string()))?;
         Ok(Self {
             connect_timeout: config.connect_timeout,
-            gateway: Arc::new(Gateway::new(config, tls, Arc::new(bridge), Arc::new(audit))),
+            gateway: Arc::new(
+                Gateway::new(config, tls, Arc::new(bridge), Arc::new(audit))
+                    .with_recorder(recorder),
+            ),
             runtime: Mutex::new(None),
             workers: Mutex::new(None),
             local_addr: Mutex::new(None),
@@ -286,6 +299,9 @@ impl Dataplane {
             self.gateway.stats.snapshot().into_iter().collect();
         stats.insert("cached_decisions", self.gateway.cache.len() as u64);
         stats.insert("cancel_keys", self.gateway.cancels.len() as u64);
+        if let Some(recorder) = &self.gateway.recorder {
+            stats.extend(recorder.snapshot());
+        }
         stats
     }
 
@@ -408,6 +424,7 @@ impl Dataplane {
             identity: optional::<String>(scope, "identity")?.unwrap_or_default(),
             session_uuid: Arc::from(required(scope, "session_uuid")?.extract::<String>()?),
             connection: Arc::from(optional::<String>(scope, "connection")?.unwrap_or_default()),
+            identity_detail: optional::<String>(scope, "identity_detail")?.map(Arc::from),
             setup_sql: optional::<String>(scope, "setup_sql")?.filter(|s| !s.trim().is_empty()),
             mask_plan: Arc::new(convert_masks(scope)?),
             allow_function_call: optional::<bool>(scope, "allow_function_call")?.unwrap_or(false),

@@ -78,6 +78,9 @@ pub struct Scope {
     /// The session's id across the deployment (a UUID from the decision service): audit records
     /// and recordings are keyed by it. The `u64` session id is only unique within one process.
     pub session_uuid: Arc<str>,
+    /// Who the session is in full (subject, username, groups, issuer, kind), as a JSON object for
+    /// the session recording's header.
+    pub identity_detail: Option<Arc<str>>,
     /// The pgward connection name the client asked for.
     pub connection: Arc<str>,
     pub upstream: UpstreamTarget,

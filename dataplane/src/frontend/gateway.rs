@@ -10,6 +10,7 @@ use rustls::ServerConfig;
 use super::cancel::CancelRegistry;
 use crate::audit::AuditQueue;
 use crate::decide::{Bridge, DecisionCache};
+use crate::record::Recorder;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -64,6 +65,8 @@ pub struct Gateway {
     pub cache: DecisionCache,
     pub cancels: CancelRegistry,
     pub stats: Stats,
+    /// Records every session when set (`PGWARD_RECORDING=on`).
+    pub recorder: Option<Recorder>,
     next_session: AtomicU64,
 }
 
@@ -82,8 +85,15 @@ impl Gateway {
             cache: DecisionCache::default(),
             cancels: CancelRegistry::default(),
             stats: Stats::default(),
+            recorder: None,
             next_session: AtomicU64::new(1),
         }
+    }
+
+    #[must_use]
+    pub fn with_recorder(mut self, recorder: Option<Recorder>) -> Self {
+        self.recorder = recorder;
+        self
     }
 
     pub fn next_session_id(&self) -> u64 {

@@ -32,6 +32,7 @@ use crate::net::messages::{
     parse_row_description, Cursor, ErrorFields,
 };
 use crate::net::sqlstate;
+use crate::record::{RecordError, RecordTap};
 
 /// Read at least this much at a time; small enough to keep 1,000 idle sessions cheap.
 const READ_CHUNK: usize = 16 * 1024;
@@ -54,6 +55,8 @@ pub enum End {
     MaskingFailed(String),
     /// Strict audit mode: a statement's record could not be committed, so it was not run.
     AuditUnavailable(String),
+    /// The session recording could not be written: the session ends (fail closed).
+    Recording(RecordError),
     Io(std::io::Error),
 }
 
@@ -104,6 +107,7 @@ pub struct Relay<'a> {
     session_id: u64,
     scope: &'a Scope,
     shared: Shared,
+    record: &'a RecordTap,
     /// The session's client_encoding at the start (COPY rewriting depends on it).
     client_encoding: String,
     /// Woken by the client's CancelRequest (see `CancelTarget::held`).
@@ -128,11 +132,12 @@ fn make_marker() -> String {
 }
 
 impl<'a> Relay<'a> {
-    pub fn new(gw: &'a Gateway, session_id: u64, scope: &'a Scope) -> Self {
+    pub fn new(gw: &'a Gateway, session_id: u64, scope: &'a Scope, record: &'a RecordTap) -> Self {
         Self {
             gw,
             session_id,
             scope,
+            record,
             shared: Shared {
                 segments_sent: AtomicU64::new(0),
                 segments_done: AtomicU64::new(0),
@@ -183,6 +188,7 @@ impl<'a> Relay<'a> {
         tokio::select! {
             end = self.client_to_server(client_read, server_write, client_buf) => end,
             end = self.server_to_client(server_read, client_write, server_buf) => end,
+            e = self.record.flusher() => End::Recording(e),
         }
     }
 
@@ -198,6 +204,9 @@ impl<'a> Relay<'a> {
         let mut track = ClientTrack::default();
         let mut walker = Walker::default();
         let mut out: Vec<Bytes> = Vec::with_capacity(4);
+        if let Err(e) = self.record.client(&buf).await {
+            return End::Recording(e);
+        }
         loop {
             let mut run = 0usize;
             let mut terminate = false;
@@ -288,10 +297,18 @@ impl<'a> Relay<'a> {
             if buf.capacity() - buf.len() < READ_CHUNK / 2 {
                 buf.reserve(READ_CHUNK);
             }
+            let before = buf.len();
             match client.read_buf(&mut buf).await {
                 Ok(0) => return End::ClientClosed,
                 Ok(_) => {}
                 Err(e) => return End::Io(e),
+            }
+            if let Err(e) = self
+                .record
+                .client(buf.get(before..).unwrap_or_default())
+                .await
+            {
+                return End::Recording(e);
             }
         }
     }
@@ -737,6 +754,7 @@ impl<'a> Relay<'a> {
                     || (auditing && matches!(tag, b'C' | b'I' | b's'));
                 if whole && tag == b'd' && header.len > max {
                     // CopyData being rewritten is held whole: bound it like client messages.
+                    let _ = self.record.server(&out).await;
                     let _ = write_segments(client, &mut out).await;
                     return End::MaskingFailed(format!(
                         "a CopyData message of {} bytes exceeds the limit of {max} bytes",
@@ -828,6 +846,7 @@ impl<'a> Relay<'a> {
                     Ok(Action::Swallow) => {}
                     Err(reason) => {
                         // Whatever is already masked goes out; the unmaskable result does not.
+                        let _ = self.record.server(&out).await;
                         let _ = write_segments(client, &mut out).await;
                         return End::MaskingFailed(reason);
                     }
@@ -840,6 +859,9 @@ impl<'a> Relay<'a> {
                 // Between two server messages: a notice for the client may go out here.
                 let notices = std::mem::take(&mut *self.shared.notices.lock());
                 out.extend(notices);
+            }
+            if let Err(e) = self.record.server(&out).await {
+                return End::Recording(e);
             }
             if let Err(e) = write_segments(client, &mut out).await {
                 return End::Io(e);

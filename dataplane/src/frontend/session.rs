@@ -24,6 +24,7 @@ use crate::net::messages::{
 };
 use crate::net::reader::read_frame;
 use crate::net::sqlstate;
+use crate::record::{Meta, RecordTap};
 
 /// Newest protocol minor version the gateway speaks to clients (3.2: PostgreSQL 18).
 const NEWEST_MINOR: u16 = 2;
@@ -226,6 +227,34 @@ async fn serve(gw: &Arc<Gateway>, session_id: u64, info: StartupInfo, peer: Sock
         }
     };
 
+    // Recording starts with the relay: the startup exchange (and its credential) is never recorded.
+    // A recording that cannot start refuses the session (fail closed).
+    let record = match &gw.recorder {
+        None => RecordTap::default(),
+        Some(recorder) => {
+            let meta = Meta {
+                session_uuid: &scope.session_uuid,
+                identity: &scope.identity,
+                identity_detail: scope.identity_detail.as_deref(),
+                connection: &scope.connection,
+                client_addr: &peer.to_string(),
+                protocol: format!("{major}.{minor}"),
+            };
+            match recorder.open(&meta).await {
+                Ok(r) => RecordTap::new(Some(r)),
+                Err(e) => {
+                    let r = Refusal {
+                        sqlstate: e.sqlstate().into(),
+                        message: "pgward could not start recording this session, and records every session".into(),
+                        detail: Some(e.to_string()),
+                        hint: Some("tell the pgward operator (check the recording directory's disk space and permissions)".into()),
+                    };
+                    return refuse(&mut stream, &r).await;
+                }
+            }
+        }
+    };
+
     let target = CancelTarget {
         host: scope.upstream.host.clone(),
         port: scope.upstream.port,
@@ -238,9 +267,12 @@ async fn serve(gw: &Arc<Gateway>, session_id: u64, info: StartupInfo, peer: Sock
     let held = Arc::clone(&target.held);
     let (pid, key) = gw.cancels.register(target, key_len);
     let keys = (pid, key.as_slice(), held);
-    let end = relay_session(gw, session_id, &scope, stream, upstream, buf, keys).await;
+    let end = relay_session(gw, session_id, &scope, &record, stream, upstream, buf, keys).await;
     gw.cancels.remove(pid, &key);
-    end
+    match record.finish(&end).await {
+        Ok(()) => end,
+        Err(e) => format!("{end}; {e}"),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -248,6 +280,7 @@ async fn relay_session(
     gw: &Arc<Gateway>,
     session_id: u64,
     scope: &crate::decide::Scope,
+    record: &RecordTap,
     stream: ClientStream,
     upstream: backend::Upstream,
     client_buf: BytesMut,
@@ -277,7 +310,7 @@ async fn relay_session(
     if client_write.write_all(&hello).await.is_err() || client_write.flush().await.is_err() {
         return "client went away during startup".into();
     }
-    let relay = Relay::new(gw, session_id, scope)
+    let relay = Relay::new(gw, session_id, scope, record)
         .with_client_encoding(&client_encoding)
         .with_cancel(held);
     let end = relay
@@ -357,6 +390,18 @@ async fn relay_session(
             .await;
             let _ = server_write.shutdown().await;
             format!("audit unavailable: {reason}")
+        }
+        End::Recording(e) => {
+            fatal(
+                &mut client_write,
+                e.sqlstate(),
+                "pgward could not record this session and closed it, because every session is recorded",
+                Some(&e.to_string()),
+                Some("tell the pgward operator (check the recording directory's disk space)"),
+            )
+            .await;
+            let _ = server_write.shutdown().await;
+            format!("recording failed: {e}")
         }
         End::Io(e) => format!("I/O error: {e}"),
     }

@@ -441,5 +441,64 @@ from control_plane.approvals.cli import register as _register_approval_commands 
 _register_approval_commands(app)
 
 
+@app.command()
+def replay(
+    session_id: Annotated[str, typer.Argument(help="The session's id (GET /v1/sessions).")],
+    speed: Annotated[float, typer.Option(help="Play back this many times faster than recorded.")] = 1.0,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Print at once, without the original timing.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON Lines, one event per line (never waits).")
+    ] = False,
+    max_rows: Annotated[int | None, typer.Option(help="Rows shown per result (all are counted).")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Read this recording file instead of asking the API.")
+    ] = None,
+    api_url: Annotated[str, typer.Option("--api-url", envvar="PGWARD_API_URL", help="The pgward API.")] = (
+        "http://127.0.0.1:8080"
+    ),
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="PGWARD_TOKEN", help="An admin or auditor credential.")
+    ] = None,
+) -> None:
+    """Show a recorded session as a psql-like transcript, with its original timing."""
+    import tempfile
+
+    import httpx
+
+    from control_plane.recordings.reader import RecordingError
+    from control_plane.recordings.replay import replay as run_replay
+
+    if speed <= 0:
+        _fail("--speed must be positive", EXIT_CONFIG)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = file
+        if path is None:
+            if not token:
+                _fail("pass --token (or PGWARD_TOKEN), or read a file with --file", EXIT_CONFIG)
+            path = Path(tmp) / "recording.pgwrec"
+            headers = {"Authorization": f"Bearer {token}"}
+            # Downloading through the API records the read in the audit log.
+            with httpx.stream(
+                "GET",
+                f"{api_url.rstrip('/')}/v1/sessions/{session_id}/recording",
+                headers=headers,
+                timeout=60,
+            ) as response:
+                if response.status_code != 200:
+                    response.read()
+                    _fail(f"the API answered {response.status_code}: {response.text}", EXIT_FAILED)
+                with path.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+        try:
+            run_replay(
+                path, speed=speed, wait=not no_wait and not as_json, as_json=as_json, max_rows=max_rows
+            )
+        except (RecordingError, OSError) as exc:
+            _fail(str(exc), EXIT_FAILED)
+
+
 if __name__ == "__main__":
     app()

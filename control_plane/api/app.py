@@ -17,6 +17,7 @@ from control_plane.api import (
     me,
     policies,
     service_identities,
+    sessions,
     webhooks,
 )
 from control_plane.api.health import ReadinessCheck
@@ -69,6 +70,7 @@ def create_app(
     app.include_router(decisions.router)
     app.include_router(me.router)
     app.include_router(audit.router)
+    app.include_router(sessions.router)
     app.include_router(approvals.reviews_router)
     app.include_router(approvals.requests_router)
     app.include_router(webhooks.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -12,6 +13,7 @@ import psycopg
 
 from control_plane.recordings.messages import messages
 from control_plane.recordings.reader import Recording, summary
+from tests.fixtures.gateway import PGWARD
 from tests.masking.conftest import ClearValues
 from tests.policy.conftest import PolicyGateway
 
@@ -128,3 +130,80 @@ def test_credential_never_recorded_with_psql(masking_gateway: PolicyGateway) -> 
     assert token.encode() not in path.read_bytes()
     assert token.encode() not in _stream(path, "client")
     assert b"select 41 + 1" in _stream(path, "client")
+
+
+def test_sessions_api_lists_and_replay_reproduces_the_masked_session(
+    masking_gateway: PolicyGateway, clear_values: ClearValues
+) -> None:
+    before = set(_recordings_dir(masking_gateway).glob("*.pgwrec"))
+    alice = masking_gateway.tokens["alice"]
+    bob = masking_gateway.identity("bob", "dba", "admins")
+    with psycopg.connect(masking_gateway.conninfo("alice"), password=alice, autocommit=True) as conn:
+        seen = conn.execute(
+            "select id, email, phone from shop.customers where id <= %s order by id", (5,)
+        ).fetchall()
+        try:
+            conn.execute("select no_such_column from shop.customers")
+        except psycopg.errors.UndefinedColumn:
+            pass
+    path = _new_recording(masking_gateway, before, "alice")
+    session_id = path.stem
+    api = masking_gateway.gw.api_url
+
+    # Only admins and auditors read recordings.
+    assert httpx.get(f"{api}/v1/sessions", headers={"Authorization": f"Bearer {alice}"}).status_code == 403
+    headers = {"Authorization": f"Bearer {bob}"}
+    listed = httpx.get(
+        f"{api}/v1/sessions", params={"identity": "alice", "connection": "shop"}, headers=headers
+    )
+    assert listed.status_code == 200, listed.text
+    items = {item["id"]: item for item in listed.json()["items"]}
+    assert session_id in items
+    item = items[session_id]
+    assert item["username"] == "alice" and item["connection"] == "shop" and item["complete"]
+    assert item["size"] == path.stat().st_size and item["ended_at"] >= item["started_at"]
+    assert (
+        httpx.get(f"{api}/v1/sessions", params={"identity": "nobody"}, headers=headers).json()["items"] == []
+    )
+    masking_gateway.gw.psql("select 1", password=alice, conninfo=masking_gateway.conninfo("alice"))
+    _new_recording(masking_gateway, before | {path}, "alice")
+    page = httpx.get(f"{api}/v1/sessions", params={"limit": 1}, headers=headers).json()
+    assert len(page["items"]) == 1 and page["next_cursor"]
+    second = httpx.get(
+        f"{api}/v1/sessions", params={"limit": 1, "cursor": page["next_cursor"]}, headers=headers
+    )
+    assert second.json()["items"][0]["id"] != page["items"][0]["id"]
+    one = httpx.get(f"{api}/v1/sessions/{session_id}", headers=headers).json()
+    assert one["metadata"]["client_addr"].startswith("127.0.0.1:")
+
+    env = {**masking_gateway.gw.env, "PGWARD_API_URL": api, "PGWARD_TOKEN": bob}
+    r = subprocess.run(
+        [*PGWARD, "replay", session_id, "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    statements = [e for e in events if e["type"] == "statement"]
+    query = next(e for e in statements if "from shop.customers where id" in e["sql"])
+    assert query["protocol"] == "extended" and query["params"] == [5]
+    results = [
+        e
+        for e in events
+        if e["type"] == "result" and [c["name"] for c in e["columns"]] == ["id", "email", "phone"]
+    ]
+    # Text-format values replay as the text the client received.
+    assert [tuple(row) for row in results[0]["rows"]] == [tuple(str(v) for v in row) for row in seen]
+    errors = [e for e in events if e["type"] == "error"]
+    assert errors and errors[0]["sqlstate"] == "42703"
+    assert events[0]["type"] == "session" and events[-1]["type"] == "end" and events[-1]["complete"]
+    for row in seen:
+        assert clear_values.rows[row[0]]["email"] not in r.stdout
+
+    text = subprocess.run(
+        [*PGWARD, "replay", session_id, "--no-wait"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert text.returncode == 0, text.stderr
+    assert "from shop.customers where id" in text.stdout and "(5 rows)" in text.stdout
+    assert seen[0][1] in text.stdout and "42703" in text.stdout
+    # The download was audited.
+    audit = httpx.get(f"{api}/v1/audit/events", params={"kind": "access"}, headers=headers).json()["items"]
+    assert any(e.get("resource") == session_id or session_id in json.dumps(e) for e in audit)

@@ -96,6 +96,8 @@ class AuditWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: AsyncConnection | None = None
+        # A write failed: the next one first asks the store what it already has.
+        self._uncertain = False
         self._closing = False
         self._stream_written = False
         self._checkpointed_seq = 0
@@ -213,9 +215,19 @@ class AuditWriter:
             if self._pending:
                 batch = self._pending[:5000]
                 try:
+                    if self._uncertain:
+                        # A failed attempt may have committed after all (the connection broke after
+                        # COMMIT was sent): what the store already has must not be written twice.
+                        stored = await self._stored_seq()
+                        self._uncertain = False
+                        done = [r for r in batch if r.values[1] <= stored]
+                        if done:
+                            self._committed(done)
+                            continue
                     await self._write(batch)
                 except Exception as e:
                     self.failures += 1
+                    self._uncertain = True
                     log.error(
                         "audit records could not be committed; retrying",
                         error=str(e),
@@ -224,18 +236,7 @@ class AuditWriter:
                     await asyncio.sleep(min(5.0, 0.1 * 2 ** min(self.failures, 6)))
                     continue
                 self.failures = 0
-                del self._pending[: len(batch)]
-                last = batch[-1].values
-                self.committed_seq, self.committed_hash = last[1], last[13]
-                self._release()
-                acks = [r.ack for r in batch if r.ack]
-                if acks:
-                    for callback in self.on_acks:
-                        callback(acks)
-                if self.sink is not None:
-                    self.sink.send([r.values for r in batch])
-                for room_callback in self.on_room:
-                    room_callback()
+                self._committed(batch)
             if loop.time() - self._last_checkpoint >= self.settings.audit_checkpoint_interval:
                 self._last_checkpoint = loop.time()
                 if self.committed_seq > self._checkpointed_seq:
@@ -243,6 +244,35 @@ class AuditWriter:
                         await self.checkpoint()
                     except Exception as e:
                         log.error("audit checkpoint failed", error=str(e))
+
+    def _committed(self, batch: list[_Row]) -> None:
+        """`batch` (the oldest pending records) is in the store."""
+        del self._pending[: len(batch)]
+        last = batch[-1].values
+        self.committed_seq, self.committed_hash = last[1], last[13]
+        self._release()
+        acks = [r.ack for r in batch if r.ack]
+        if acks:
+            for callback in self.on_acks:
+                callback(acks)
+        if self.sink is not None:
+            self.sink.send([r.values for r in batch])
+        for room_callback in self.on_room:
+            room_callback()
+
+    async def _stored_seq(self) -> int:
+        """The highest seq of this stream the store holds."""
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            pg = raw.driver_connection
+            assert pg is not None
+            async with pg.cursor() as cur:
+                await cur.execute(
+                    "SELECT coalesce(max(seq), 0) FROM audit_events WHERE stream = %s", (self.stream,)
+                )
+                row = await cur.fetchone()
+            await pg.rollback()
+        return int(row[0]) if row else 0
 
     def _release(self) -> None:
         still: list[tuple[int, asyncio.Future[None]]] = []

@@ -199,3 +199,49 @@ def test_strict_mode_killed_gateway_ran_nothing_unaudited(
     assert len(ran) >= 40
     assert ran <= intents, f"ran upstream without an audit record: {sorted(ran - intents)[:10]}"
     assert strict_gateway.store.pgward("audit", "verify").returncode == 0
+
+
+def test_a_store_connection_lost_mid_traffic_loses_and_duplicates_nothing(
+    small_queue: AuditGateway, target_pg: TargetDatabase
+) -> None:
+    gw = small_queue.gw
+    total = 40
+    done = threading.Event()
+    failures: list[BaseException] = []
+    conn = psycopg.connect(gw.conninfo(), password=gw.ci_token, autocommit=True)
+
+    def client() -> None:
+        try:
+            for n in range(1, total + 1):
+                conn.execute(f"select {n} as n /* lost_connection */")
+                time.sleep(0.02)
+            done.set()
+        except BaseException as e:
+            failures.append(e)
+
+    worker = threading.Thread(target=client)
+    worker.start()
+    conninfo = small_queue.store.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as store:
+        for _ in range(3):
+            # Every other connection to the store: the writer's included.
+            store.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity "
+                "where datname = current_database() and pid <> pg_backend_pid()"
+            )
+            time.sleep(0.3)
+    worker.join(timeout=120)
+    conn.close()
+    assert done.is_set(), failures
+    records = wait_for(
+        lambda: (
+            found
+            if len(found := small_queue.events(kind="statement", q="/* lost_connection */")) >= total
+            else []
+        )
+    )
+    numbers = sorted(int(re.search(r"select (\d+) as n", e["statement"]).group(1)) for e in records)  # type: ignore[union-attr]
+    assert numbers == list(range(1, total + 1))
+    # The writer's held connection was among those terminated: it retried on a new one.
+    assert "audit records could not be committed; retrying" in gw.log()
+    assert small_queue.store.pgward("audit", "verify").returncode == 0
